@@ -1,0 +1,35 @@
+"""The one small family of errors labkit raises.
+
+Every error a student can trigger with bad input is a ``LabkitError``, so a
+notebook can catch them all with one ``except``. Messages say what was wrong,
+what was expected, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LabkitError(Exception):
+    """Base class of every error labkit raises on purpose."""
+
+
+class GGUFFormatError(LabkitError, ValueError):
+    """A GGUF file is malformed, truncated or hostile.
+
+    The message names the byte offset and the field that failed.
+    """
+
+
+class QuantizationError(LabkitError, ValueError):
+    """A tensor cannot be quantized: NaN/Inf values, a bad row length, a bad dtype."""
+
+
+class ModelError(LabkitError, ValueError):
+    """A model file or prompt is not something the runtime can run."""
+
+
+class ProbeError(LabkitError):
+    """A measurement cannot be made as asked (no space, no RAM, unwritable folder)."""
+
+
+class ModelNotInstalledError(LabkitError, FileNotFoundError):
+    """The default model's package is not installed."""

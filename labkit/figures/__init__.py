@@ -1,0 +1,1 @@
+"""plotly figures, one module per chapter. Needs the ``lab`` extras (plotly)."""
