@@ -1,0 +1,1 @@
+"""Automatic checks for the notebooks' exercises, one module per chapter."""

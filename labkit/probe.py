@@ -1,0 +1,441 @@
+"""Measure this machine's I/O tiers honestly: disk, page cache, RAM and, with CUDA, PCIe and VRAM.
+
+``run()`` writes one temporary file and times how fast its bytes move at each tier of a
+weight's journey, beside the article's speed table (quoted, with sources):
+
+    disk (cold) --read()--> page cache --copy--> RAM --PCIe--> VRAM
+
+Honesty rules every number here follows:
+
+- A cold read counts as a *disk* read only when the eviction was checked (``labkit.pagecache``:
+  ``mincore`` residency, ``/proc/self/io``), or when ``O_DIRECT`` bypassed the cache. Otherwise
+  the row says "page cache (not evicted)".
+- The first run of every measurement is reported apart (``first_run_gb_per_s``): a VM that hands
+  idle memory back to its host makes the first touch of a buffer up to 10x slower. The headline
+  is the median of the runs after it.
+- ``kind`` says where a number comes from: ``"measured"`` here, ``"quoted"`` from a source, or
+  ``"modelled"`` from measured and quoted numbers (the formula is in ``method``).
+
+Units: GB/s = 10^9 bytes/s; ``moved_bytes`` counts the bytes copied once (a copy reads and
+writes, so memory traffic is about twice that). Inspired by the template of
+pytorch/tutorials ``intermediate_source/pinmem_nonblock.py``: one timing helper, one table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from labkit import pagecache
+from labkit.errors import ProbeError
+
+MiB = 1 << 20
+DEFAULT_SIZE_BYTES = 256 * MiB
+DEFAULT_BLOCK_BYTES = 1 * MiB
+KINDS = ("measured", "quoted", "modelled")
+TIERS = ("disk", "page cache (not evicted)", "page cache", "RAM", "PCIe", "VRAM")
+ARTICLE = 'article "From disk to VRAM: the role of I/O in model inference", speed table'
+PCI_SIG = "PCI-SIG base specs: 16 GT/s (4.0) / 32 GT/s (5.0) per lane, 128b/130b, x16"
+PCIE4_X16_GB_PER_S = 16 * 16 * 128 / 130 / 8  # = 31.5 GB/s per direction
+PCIE5_X16_GB_PER_S = 32 * 16 * 128 / 130 / 8  # = 63.0 GB/s per direction
+_RAM_SAFETY = 0.8   # use at most this share of available RAM
+_DISK_SAFETY = 0.9  # and of free disk space
+
+
+@dataclass(frozen=True)
+class TierRecord:
+    """One row of the probe's table: how fast bytes moved through one tier.
+
+    Attributes:
+        tier: one of ``TIERS`` ("disk", "page cache", "RAM", "PCIe", "VRAM", ...).
+        operation: what moved the bytes, e.g. "cold read()" or "copy_, 2 threads".
+        moved_bytes: bytes moved per run (quoted rows: 10^9, i.e. per GB).
+        elapsed_s: seconds per run (median of the runs after the first).
+        gb_per_s: ``moved_bytes / elapsed_s / 1e9``; for a quoted range, its low end.
+        method: how it was measured or where it came from.
+        kind: "measured" on this machine, "quoted" from ``source``, or "modelled".
+        source: the reference of a quoted or modelled number ("" when measured).
+        first_run_gb_per_s: the first (warm-up) run, reported apart; None if only one run.
+        repetitions: runs behind the median.
+        note: caveats (how eviction was verified, what was cached, ...).
+        gb_per_s_max: the high end of a quoted range, else None.
+    """
+
+    tier: str
+    operation: str
+    moved_bytes: int
+    elapsed_s: float
+    gb_per_s: float
+    method: str
+    kind: str
+    source: str = ""
+    first_run_gb_per_s: float | None = None
+    repetitions: int = 1
+    note: str = ""
+    gb_per_s_max: float | None = None
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """Everything ``run()`` found: the rows, plus notes that apply to all of them."""
+
+    records: tuple[TierRecord, ...]
+    notes: tuple[str, ...]
+    size_bytes: int
+    block_bytes: int
+    cuda_device: str | None = None
+
+    def __iter__(self) -> Iterator[TierRecord]:
+        return iter(self.records)
+
+    def of_kind(self, kind: str) -> list[TierRecord]:
+        """Return the records whose ``kind`` is ``kind`` ("measured", "quoted", "modelled")."""
+        return [record for record in self.records if record.kind == kind]
+
+    def cold_disk(self) -> TierRecord:
+        """Return the measured cold-read row: a disk row if eviction was verified, else the
+        row labelled "page cache (not evicted)"."""
+        for record in self.records:
+            if record.kind == "measured" and record.operation.startswith(("cold read", "O_DIRECT")):
+                return record
+        raise ProbeError("this report has no cold-read row; run labkit.probe.run() again")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain data (``json.dumps``-ready)."""
+        return {**asdict(self), "records": [asdict(record) for record in self.records]}
+
+
+# ---------------------------------------------------------------- records from numbers
+
+
+def measured_record(tier: str, operation: str, moved_bytes: int, times_s: list[float],
+                    method: str, note: str = "") -> TierRecord:
+    """Build a measured row from raw run times: the first run apart, the median of the rest.
+
+    Args:
+        times_s: seconds of each run, in order; with one run, that run is the headline.
+
+    Returns:
+        A ``TierRecord`` with ``kind="measured"``.
+    """
+    if not times_s:
+        raise ValueError("measured_record needs at least one run time")
+    later = times_s[1:] or times_s
+    elapsed_s = max(statistics.median(later), 1e-9)
+    first = None if len(times_s) == 1 else moved_bytes / max(times_s[0], 1e-9) / 1e9
+    return TierRecord(tier, operation, moved_bytes, elapsed_s, moved_bytes / elapsed_s / 1e9,
+                      method, "measured", first_run_gb_per_s=first,
+                      repetitions=len(later), note=note)
+
+
+def _quoted(tier: str, operation: str, gb_per_s: float, source: str,
+            gb_per_s_max: float | None = None, note: str = "") -> TierRecord:
+    return TierRecord(tier, operation, 10**9, 1 / gb_per_s, gb_per_s,
+                      "quoted: seconds to move 1 GB at this rate", "quoted", source=source,
+                      note=note, gb_per_s_max=gb_per_s_max)
+
+
+def quoted_records() -> list[TierRecord]:
+    """Return the article's speed table and the PCIe link limits, each with its source."""
+    return [
+        _quoted("disk", "HDD (article)", 0.1, ARTICLE, note="≈ 100 MB/s"),
+        _quoted("disk", "SSD (article)", 0.5, ARTICLE, 5.0, note="≈ 500 MB/s to 5 GB/s"),
+        _quoted("RAM", "RAM (article)", 20.0, ARTICLE, 50.0, note="≈ 20–50 GB/s"),
+        _quoted("VRAM", "VRAM bandwidth (article)", 500.0, ARTICLE, note="> 500 GB/s"),
+        _quoted("PCIe", "PCIe 4.0 x16, theoretical", PCIE4_X16_GB_PER_S, PCI_SIG,
+                note="per direction"),
+        _quoted("PCIe", "PCIe 5.0 x16, theoretical", PCIE5_X16_GB_PER_S, PCI_SIG,
+                note="per direction"),
+    ]
+
+
+def modelled_host_to_device(ram_copy: TierRecord) -> TierRecord:
+    """Model the RAM → VRAM hop without a GPU: no faster than the RAM copy measured here,
+    nor than a PCIe 4.0 x16 link."""
+    gb_per_s = min(ram_copy.gb_per_s, PCIE4_X16_GB_PER_S)
+    return TierRecord(
+        "PCIe", "RAM → VRAM hop (modelled)", 10**9, 1 / gb_per_s, gb_per_s,
+        f"modelled: min(measured RAM {ram_copy.operation} = {ram_copy.gb_per_s:.1f} GB/s, "
+        f"PCIe 4.0 x16 = {PCIE4_X16_GB_PER_S:.1f} GB/s)", "modelled",
+        source=f"RAM copy measured here; PCIe: {PCI_SIG}",
+        note="no CUDA device here: nothing on this row was measured")
+
+
+# ---------------------------------------------------------------- checks before any work
+
+
+def available_ram_bytes() -> int:
+    """Return the RAM the kernel says a new allocation can get (``MemAvailable``)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(size_bytes: int, free_disk_bytes: int, free_ram_bytes: int) -> None:
+    """Raise ``ProbeError`` unless a probe of ``size_bytes`` fits: one file on disk, two
+    buffers (copy source and destination) in RAM, each within a safety margin."""
+    if size_bytes > free_disk_bytes * _DISK_SAFETY:
+        raise ProbeError(
+            f"size_bytes={size_bytes:,} does not fit the temp folder's free space "
+            f"({free_disk_bytes:,} bytes free, at most {_DISK_SAFETY:.0%} used); "
+            "pass a smaller size or tmp_dir= a folder on a bigger disk")
+    if 2 * size_bytes > free_ram_bytes * _RAM_SAFETY:
+        raise ProbeError(
+            f"size_bytes={size_bytes:,} needs {2 * size_bytes:,} bytes of RAM for the copy "
+            f"buffers but only {free_ram_bytes:,} are available; pass a smaller size")
+
+
+def _check_request(size_bytes: int, block_bytes: int, tmp_dir: str | os.PathLike[str] | None,
+                   repeats: int) -> Path:
+    if block_bytes <= 0 or block_bytes % pagecache.DIRECT_IO_ALIGN_BYTES:
+        raise ProbeError(f"block_bytes={block_bytes} must be a positive multiple of 4096 "
+                         "(O_DIRECT reads need aligned blocks); try 1 MiB = 1048576")
+    if size_bytes < block_bytes:
+        raise ProbeError(f"size_bytes={size_bytes} is smaller than block_bytes={block_bytes}; "
+                         "the file must hold at least one block")
+    if repeats < 1:
+        raise ProbeError(f"repeats={repeats} must be at least 1")
+    folder = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
+    if not folder.is_dir():
+        raise ProbeError(f"tmp_dir {str(folder)!r} is not an existing folder; "
+                         "create it or pass another")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ProbeError(f"tmp_dir {str(folder)!r} is not writable; "
+                         "pass tmp_dir= a writable folder")
+    check_fits(size_bytes, shutil.disk_usage(folder).free, available_ram_bytes())
+    return folder
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+def _wall_clock(step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def time_runs(step: Callable[[], object], runs: int,
+              clock: Callable[[Callable[[], object]], float] = _wall_clock) -> list[float]:
+    """Run ``step`` ``runs`` times and return the seconds each took, as ``clock`` measures."""
+    return [clock(step) for _ in range(runs)]
+
+
+# ---------------------------------------------------------------- the measurements
+
+
+def measure_cold_read(path: Path, block_bytes: int, repeats: int,
+                      method: str = "auto") -> list[TierRecord]:
+    """Time reads of ``path`` from the device: fadvise eviction, verified; else O_DIRECT;
+    else a row honestly labelled "page cache (not evicted)". Adds a cold mmap row when the
+    eviction works.
+
+    Args:
+        method: "auto", "fadvise" (no O_DIRECT fallback) or "direct" (O_DIRECT only).
+    """
+    size_bytes, runs = os.path.getsize(path), repeats + 1
+    direct_what = f"O_DIRECT read() of {block_bytes:,}-byte aligned blocks (skips the page cache)"
+    if method == "direct":
+        direct = pagecache.timed_direct_runs(path, block_bytes, runs)
+        if direct is None or not direct[1].verified:
+            raise ProbeError(f"O_DIRECT reads of {path} are refused or not verifiable here; "
+                             "use method='auto'")
+        return [measured_record("disk", "O_DIRECT read()", size_bytes, direct[0], direct_what,
+                                direct[1].how)]
+    buffer = pagecache.aligned_buffer(block_bytes)
+    times, verdicts = pagecache.timed_cold_runs(path, runs,
+                                                lambda: pagecache.read_file(path, buffer))
+    what = f"read() of {block_bytes:,}-byte blocks after fsync + posix_fadvise(DONTNEED)"
+    if all(verdict.verified for verdict in verdicts):
+        how = f"{verdicts[0].how} (checked before each of the {runs} runs)"
+        rows = [measured_record("disk", "cold read()", size_bytes, times, what, how)]
+        map_times, map_verdicts = pagecache.timed_cold_runs(
+            path, runs, lambda: pagecache.touch_pages(path))
+        if all(verdict.verified for verdict in map_verdicts):
+            rows.append(measured_record("disk", "cold mmap + touch every page", size_bytes,
+                                        map_times, "mmap, read 1 byte per page after eviction",
+                                        map_verdicts[0].how))
+        return rows
+    direct = pagecache.timed_direct_runs(path, block_bytes, runs) if method == "auto" else None
+    if direct is not None and direct[1].verified:
+        return [measured_record("disk", "O_DIRECT read()", size_bytes, direct[0], direct_what,
+                                f"{direct[1].how}; fadvise eviction did not work here")]
+    why = next(verdict.how for verdict in verdicts if not verdict.verified)
+    return [measured_record("page cache (not evicted)", "cold read() (eviction not verified)",
+                            size_bytes, times, what, f"NOT a disk number: {why}")]
+
+
+def measure_warm_read(path: Path, block_bytes: int, repeats: int) -> TierRecord:
+    """Time ``read()`` of a file already in the page cache into one reused buffer."""
+    buffer = pagecache.aligned_buffer(block_bytes)
+    pagecache.read_file(path, buffer)  # make sure the whole file is cached
+    size_bytes = os.path.getsize(path)
+    resident = pagecache.resident_fraction(path)
+    times = time_runs(lambda: pagecache.read_file(path, buffer), repeats + 1)
+    note = "" if resident is None else f"mincore: {resident:.0%} of the file cached"
+    return measured_record("page cache", "warm read()", size_bytes, times,
+                           f"read() of {block_bytes:,}-byte blocks into one reused buffer", note)
+
+
+def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list[TierRecord]:
+    """Time the first touch of fresh memory, ``copy_`` at 1 and all threads, and (with
+    ``path``) warm mmap touch and mmap → RAM copy. Destinations are pre-faulted."""
+    src = torch.empty(size_bytes, dtype=torch.uint8)
+    first = _wall_clock(lambda: src.fill_(1))
+    dst = torch.zeros(size_bytes, dtype=torch.uint8)  # pre-faulted destination
+    rows = [measured_record("RAM", "first touch of fresh memory", size_bytes, [first],
+                            "fill_ of a new tensor (page faults + zeroing); one run",
+                            "VMs that return idle memory to the host make this slow")]
+    if path is not None:
+        rows.append(measured_record("page cache", "mmap + touch every page", size_bytes,
+                                    time_runs(lambda: pagecache.touch_pages(path), repeats + 1),
+                                    "mmap, read 1 byte per page (maps pages, copies nothing)"))
+        rows.append(measured_record("page cache", "mmap + copy into RAM", size_bytes,
+                                    time_runs(lambda: pagecache.touch_pages(path, dst.numpy()),
+                                              repeats + 1),
+                                    "mmap, np.copyto into a pre-faulted buffer (1 thread)"))
+    all_threads = torch.get_num_threads()
+    for threads in sorted({1, all_threads}):
+        torch.set_num_threads(threads)
+        try:
+            times = time_runs(lambda: dst.copy_(src), repeats + 1)
+        finally:
+            torch.set_num_threads(all_threads)
+        label = "thread" if threads == 1 else "threads"
+        rows.append(measured_record("RAM", f"copy_, {threads} {label}", size_bytes, times,
+                                    "torch copy_ into a pre-faulted tensor (memcpy class)"))
+    return rows
+
+
+def cuda_cases(pageable: torch.Tensor, pinned: torch.Tensor, device_a: torch.Tensor,
+               device_b: torch.Tensor) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
+    """Return the CUDA copies to time as (tier, operation, destination, source)."""
+    return [("PCIe", "host→device, pageable", device_a, pageable),
+            ("PCIe", "host→device, pinned", device_a, pinned),
+            ("PCIe", "device→host, pinned", pinned, device_a),
+            ("VRAM", "device→device copy", device_b, device_a)]
+
+
+def _cuda_clock(step: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def measure_cuda(size_bytes: int, repeats: int) -> list[TierRecord]:
+    """Time RAM ↔ VRAM and VRAM → VRAM copies with CUDA events (needs a CUDA device)."""
+    free_bytes, _ = torch.cuda.mem_get_info()
+    size_bytes = min(size_bytes, int(free_bytes * 0.4))  # two device buffers
+    pageable = torch.ones(size_bytes, dtype=torch.uint8)
+    pinned = torch.empty(size_bytes, dtype=torch.uint8, pin_memory=True).fill_(1)
+    device_a = torch.ones(size_bytes, dtype=torch.uint8, device="cuda")
+    device_b = torch.zeros(size_bytes, dtype=torch.uint8, device="cuda")
+    rows = []
+    for tier, operation, dst, src in cuda_cases(pageable, pinned, device_a, device_b):
+        times = time_runs(lambda: dst.copy_(src, non_blocking=True), repeats + 1, _cuda_clock)
+        note = "a copy reads and writes: memory traffic is 2x this" if tier == "VRAM" else ""
+        rows.append(measured_record(tier, operation, size_bytes, times,
+                                    "copy_ timed with CUDA events", note))
+    return rows
+
+
+# ---------------------------------------------------------------- the whole probe
+
+
+def _progress_bar(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm  # only the progress bar needs tqdm
+
+    return tqdm(total=total, desc="probe", unit="step", leave=False)
+
+
+def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES,
+        tmp_dir: str | os.PathLike[str] | None = None, progress: bool = False, *,
+        repeats: int = 5, cold_method: str = "auto", cuda: bool | None = None) -> ProbeReport:
+    """Measure every tier this machine has, and list the quoted ones beside them.
+
+    Args:
+        size_bytes: size of the temporary test file and of each RAM/VRAM buffer.
+        block_bytes: read size, a multiple of 4096 (O_DIRECT alignment).
+        tmp_dir: folder for the temporary file (default: the system temp folder). Its disk
+            is the one measured. The file is removed at the end, also on Ctrl-C.
+        progress: show a tqdm progress bar.
+        repeats: timed runs behind each median (one more warm-up run is reported apart).
+        cold_method: "auto" (fadvise eviction, else O_DIRECT), "fadvise" or "direct".
+        cuda: measure PCIe/VRAM (None: when ``torch.cuda.is_available()``).
+
+    Returns:
+        A ``ProbeReport``; its records run from disk to VRAM, measured rows first.
+
+    Raises:
+        ProbeError: before any work, if the size does not fit the free disk space or RAM,
+            the block size is not aligned, or ``tmp_dir`` is not a writable folder.
+    """
+    if cold_method not in ("auto", "fadvise", "direct"):
+        raise ProbeError(f"cold_method={cold_method!r} must be 'auto', 'fadvise' or 'direct'")
+    folder = _check_request(size_bytes, block_bytes, tmp_dir, repeats)
+    use_cuda = torch.cuda.is_available() if cuda is None else cuda
+    bar = _progress_bar(progress, 5 if use_cuda else 4)
+    handle, name = tempfile.mkstemp(prefix="labkit-probe-", suffix=".bin", dir=folder)
+    os.close(handle)
+    path = Path(name)
+    records: list[TierRecord] = []
+    try:
+        steps: list[Callable[[], list[TierRecord]]] = [
+            lambda: [measured_record(
+                "disk", "write + fsync (new file)", size_bytes,
+                [pagecache.write_test_file(path, size_bytes, block_bytes)],
+                "write() blocks, then fsync; one run", "one run: includes block allocation")],
+            lambda: measure_cold_read(path, block_bytes, repeats, cold_method),
+            lambda: [measure_warm_read(path, block_bytes, repeats)],
+            lambda: measure_ram(size_bytes, repeats, path),
+        ]
+        if use_cuda:
+            steps.append(lambda: measure_cuda(size_bytes, repeats))
+        for step in steps:
+            records += step()
+            if bar is not None:
+                bar.update()
+    finally:
+        path.unlink(missing_ok=True)
+        if bar is not None:
+            bar.close()
+    return _assemble(records, size_bytes, block_bytes, use_cuda)
+
+
+def _assemble(measured: list[TierRecord], size_bytes: int, block_bytes: int,
+              use_cuda: bool) -> ProbeReport:
+    extra = quoted_records()
+    notes = ["GB/s = 10^9 bytes per second; moved_bytes counts each byte copied once.",
+             "Headline = median of the runs after the first; the first (warm-up) run is "
+             "reported apart because fresh memory on a VM can be 10x slower to touch.",
+             "'cold' means: not in this OS's page cache (a VM host may still cache the file)."]
+    if use_cuda:
+        device = torch.cuda.get_device_name()
+    else:
+        device = None
+        ram_rows = [r for r in measured if r.tier == "RAM" and r.operation.startswith("copy_")]
+        extra.append(modelled_host_to_device(max(ram_rows, key=lambda r: r.gb_per_s)))
+        notes.append("No CUDA device: PCIe and VRAM rows are quoted or modelled, not measured.")
+    order = {tier: index for index, tier in enumerate(TIERS)}
+    rows = sorted(measured, key=lambda r: order[r.tier])
+    rows += sorted(extra, key=lambda r: order[r.tier])
+    return ProbeReport(tuple(rows), tuple(notes), size_bytes, block_bytes, device)
