@@ -1,0 +1,82 @@
+"""The error explorer of notebook 02: pick a type and a tensor, see how far the weights move.
+
+    explorer = error_explorer(f)            # f: an open labkit.gguf.GGUFFile
+    explorer.show("Q4_K", "blk.0.attn_q.weight")   # the handler, called once directly
+    explorer.widget                         # two dropdowns, the histogram, the numbers
+
+Choosing a type or a tensor calls ``show``: it quantizes (a row sample of) the
+tensor to the type, decodes it again, and redraws the histogram of the error
+and the numbers of ``labkit.quant.error_metrics`` -- all measured on the spot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from labkit.figures.quant import as_rows, error_histogram, stats_table
+from labkit.formats import FORMATS
+from labkit.quant import QUANT_TYPES, dequantize, error_metrics, quantize
+
+MAX_ROWS = 256  # rows of a tensor quantized per redraw, so a K-quant redraw stays well under a second
+
+
+class ErrorExplorer:
+    """Type and tensor pickers wired to one handler (``show``).
+
+    Attributes:
+        figure: the histogram, a ``FigureWidget`` whose trace ``show`` replaces.
+        type_picker, tensor_picker: the dropdowns.
+        numbers: the HTML panel with MSE, max error, SNR and bits per weight.
+        widget: everything in a ``VBox``, to display.
+    """
+
+    def __init__(self, f: Any, tensor_names: list[str]) -> None:
+        self.file = f
+        self.figure = go.FigureWidget(error_histogram(*_pair(f, tensor_names[0], "Q8_0"), title=""))
+        self.type_picker = widgets.Dropdown(options=list(QUANT_TYPES[1:]), value="Q4_K", description="type")
+        self.tensor_picker = widgets.Dropdown(options=tensor_names, description="tensor",
+                                              layout=widgets.Layout(width="420px"))
+        for picker in (self.type_picker, self.tensor_picker):
+            picker.observe(self._on_change, names="value")
+        self.numbers = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([self.type_picker, self.tensor_picker]), self.figure, self.numbers])
+
+    def show(self, qtype: str, name: str) -> str:
+        """Quantize ``name`` to ``qtype`` and back; redraw the histogram and the numbers.
+
+        Returns:
+            The HTML of the numbers panel.
+        """
+        original, restored = _pair(self.file, name, qtype)
+        stats = error_metrics(original, restored, qtype)
+        fresh = error_histogram(original, restored, title=f"{name} as {qtype}: error of each weight (measured)")
+        with self.figure.batch_update():
+            self.figure.data[0].x = fresh.data[0].x
+            self.figure.layout.title = fresh.layout.title
+        rows = original.numel() // max(original.shape[-1], 1)
+        self.numbers.value = stats_table(
+            stats, note=f"measured on {rows} rows of {FORMATS[qtype].block_size}-weight blocks; the original is "
+                        f"the file's {self.file.tensors[name].qtype} weights decoded to float32")
+        return self.numbers.value
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        self.show(self.type_picker.value, self.tensor_picker.value)
+
+
+def _pair(f: Any, name: str, qtype: str):
+    """(original, restored): up to MAX_ROWS rows of the tensor, regrouped into whole blocks of qtype."""
+    fmt = FORMATS[qtype]
+    weights = f.tensor(name)
+    if weights.dim() == 1:
+        weights = weights[None]
+    rows = as_rows(weights[:MAX_ROWS], fmt.block_size if fmt.block_size > 1 else weights.shape[-1])
+    return rows, dequantize(quantize(rows, qtype), qtype, rows.shape)
+
+
+def error_explorer(f: Any, tensor_names: list[str] | None = None) -> ErrorExplorer:
+    """Build the explorer over ``f``'s 2-D weights (or the names given)."""
+    names = tensor_names or [n for n, info in f.tensors.items() if len(info.shape) == 2]
+    return ErrorExplorer(f, names)
