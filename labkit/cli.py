@@ -210,7 +210,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             print(text[len(printed):], end="", flush=True)
             printed = text
     elapsed_s = time.perf_counter() - start
-    print()
+    print(model.tokenizer.decode(ids)[len(printed):], flush=True)  # type: ignore[attr-defined]  # the rest
     if not args.quiet:
         print(f"[{len(ids)} tokens in {elapsed_s:.2f} s, {len(ids) / elapsed_s:.1f} tokens/s including the prompt; "
               "measured]", file=sys.stderr)
@@ -303,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``labkit inspect FILE | head``): stop quietly, like Unix tools do.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,217 @@
+"""labkit.model on small synthetic llamas: cache, weight modes, errors, transfer records, generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit import gguf
+from labkit.errors import ModelError
+from labkit.kvcache import KVCache, kv_cache_size_bytes
+from labkit.model import LlamaConfig, lab_text, load, rope, rope_angles
+from labkit.models import synthetic_llama
+from labkit.transfers import HOPS, TransferLog, bytes_by_hop, bytes_per_step
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    return synthetic_llama(folder / "tiny.gguf", n_layers=2, dim=64, n_heads=4, n_kv_heads=2, qtype="Q8_0",
+                           context_length=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path: Path):
+    return load(tiny_path)
+
+
+IDS = [107, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103, 47]
+
+
+def test_config_comes_from_metadata(tiny) -> None:
+    c = tiny.config
+    assert (c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim) == (2, 64, 4, 2, 16)
+    assert c.context_length == 64 and c.vocab_size == 512 and c.tied_embeddings
+    assert c.rope_dim == 16 and c.rms_eps == pytest.approx(1e-5)
+
+
+def test_cached_decoding_equals_one_full_pass(tiny) -> None:
+    full = tiny.logits(IDS)  # (T, vocab)
+    cache = tiny.new_cache()
+    steps = [tiny.forward(IDS[:5], cache)[0]] + [tiny.forward([i], cache)[0] for i in IDS[5:]]
+    assert cache.length == len(IDS)
+    torch.testing.assert_close(torch.cat(steps), full, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_rows_are_independent(tiny) -> None:
+    other = list(reversed(IDS))
+    both = tiny.forward(torch.tensor([IDS, other]))  # (2, T, vocab)
+    torch.testing.assert_close(both[0], tiny.logits(IDS), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], tiny.logits(other), atol=1e-4, rtol=1e-4)
+
+
+def test_quantized_mode_gives_the_same_logits_with_less_memory(tiny_path: Path, tiny) -> None:
+    packed = load(tiny_path, weights="quantized")
+    torch.testing.assert_close(packed.logits(IDS), tiny.logits(IDS), atol=1e-5, rtol=1e-5)
+    assert packed.weights.total_bytes < tiny.weights.total_bytes / 3  # Q8_0 bytes vs float32
+    with gguf.open(tiny_path) as f:
+        file_tensor_bytes = sum(info.n_bytes for info in f.tensors.values())
+    assert packed.weights.total_bytes == file_tensor_bytes  # the quantized bytes, as stored
+
+
+def test_bfloat16_is_close_to_float32(tiny_path: Path, tiny) -> None:
+    half = load(tiny_path, dtype=torch.bfloat16)
+    a, b = tiny.logits(IDS), half.logits(IDS)
+    assert b.dtype == torch.float32
+    assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_rope_rotates_adjacent_pairs() -> None:
+    x = torch.randn(1, 3, 2, 8, generator=torch.Generator().manual_seed(0))  # (B, T, H, D)
+    positions = torch.tensor([0, 1, 5])
+    y = rope(x, *rope_angles(positions, base=10000.0, rope_dim=8))
+    torch.testing.assert_close(y[:, 0], x[:, 0])  # position 0 is not rotated
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))  # rotations keep lengths
+    # pair (0, 1) at position 1 turns by exactly 1 radian (frequency base^0 = 1)
+    x0, x1 = x[0, 1, 0, 0], x[0, 1, 0, 1]
+    torch.testing.assert_close(y[0, 1, 0, 0], x0 * math.cos(1) - x1 * math.sin(1))
+    torch.testing.assert_close(y[0, 1, 0, 1], x0 * math.sin(1) + x1 * math.cos(1))
+
+
+def test_rope_leaves_dims_past_rope_dim_alone() -> None:
+    x = torch.randn(1, 2, 1, 8)
+    y = rope(x, *rope_angles(torch.tensor([3, 4]), base=10000.0, rope_dim=4))
+    torch.testing.assert_close(y[..., 4:], x[..., 4:])
+
+
+def test_kv_cache_size_matches_the_formula_and_grows(tiny) -> None:
+    cache = tiny.new_cache(dtype=torch.float16)
+    assert cache.size_bytes == 0
+    tiny.forward(IDS, cache)
+    c = tiny.config
+    expected = kv_cache_size_bytes(n_layers=c.n_layers, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim,
+                                   context_length=len(IDS), bytes_per_element=2)
+    assert cache.size_bytes == expected == 2 * 2 * len(IDS) * 2 * 16 * 2
+
+
+def test_kv_cache_doubles_capacity_and_keeps_contents() -> None:
+    cache = KVCache(n_layers=1, n_kv_heads=1, head_dim=2, max_length=10, initial_capacity=2)
+    k = torch.arange(6.0).view(1, 1, 3, 2)  # (B, Hkv, T, D)
+    keys, _ = cache.update(0, k, k)
+    cache.advance(3)
+    assert cache.capacity == 4 and keys.shape == (1, 1, 3, 2)
+    keys, _ = cache.update(0, k[:, :, :1] + 100, k[:, :, :1])
+    torch.testing.assert_close(keys[:, :, :3], k)
+    assert cache.capacity == 4 and cache.allocated_bytes == 2 * 4 * 2 * 4
+
+
+def test_kv_cache_refuses_to_pass_the_context() -> None:
+    cache = KVCache(n_layers=1, n_kv_heads=1, head_dim=2, max_length=4)
+    with pytest.raises(ModelError, match="context length is 4"):
+        cache.update(0, torch.zeros(1, 1, 5, 2), torch.zeros(1, 1, 5, 2))
+
+
+def test_prompt_longer_than_context_is_an_error(tiny) -> None:
+    with pytest.raises(ModelError, match="exceed the context length 64"):
+        tiny.logits([5] * 65)
+    with pytest.raises(ModelError, match="context length 64"):
+        tiny.generate([5] * 60, max_new_tokens=10)
+
+
+def test_generation_is_greedy_by_default_and_seeded_when_sampling(tiny) -> None:
+    greedy = tiny.generate(IDS, 6, stop_at_end=False)
+    assert len(greedy) == 6
+    cache = tiny.new_cache()
+    assert greedy[0] == int(tiny.forward(IDS, cache)[0, -1].argmax())
+    a = tiny.generate(IDS, 6, temperature=1.0, seed=7, stop_at_end=False)
+    b = tiny.generate(IDS, 6, temperature=1.0, seed=7, stop_at_end=False)
+    assert a == b
+    assert tiny.generate("hello", 3, stop_at_end=False) == tiny.generate(tiny.tokenizer.encode("hello"), 3,
+                                                                        stop_at_end=False)
+
+
+def test_perplexity_is_exp_of_mean_cross_entropy(tiny) -> None:
+    text = "hello world, hello model"
+    result = tiny.perplexity(text)
+    ids = tiny.tokenizer.encode(text, add_special=True)
+    logits = tiny.logits(ids)
+    nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]))
+    assert result.n_scored == len(ids) - 1
+    assert result.perplexity == pytest.approx(math.exp(float(nll)), rel=1e-4)
+    with pytest.raises(ModelError, match="at least 2 tokens"):
+        tiny.perplexity("h")
+
+
+def test_lab_text_ships_with_the_package() -> None:
+    text = lab_text()
+    assert len(text.split()) > 150 and "VRAM" in text
+
+
+def test_transfer_log_accounts_for_every_hop(tiny) -> None:
+    log, cache = TransferLog(), tiny.new_cache()
+    tiny.forward(IDS, cache, log=log)
+    log.next_step()
+    tiny.forward([5], cache, log=log)
+    assert {r.basis for r in log.records} == {"modelled"}  # on a CPU nothing is timed
+    assert all(r.elapsed_s is None for r in log.records)
+    assert set(bytes_by_hop(log.records)) == set(HOPS) - {"weights dequantized"}
+    step1 = [r for r in log.records if r.step == 1]
+    by_hop = bytes_by_hop(step1)
+    c = tiny.config
+    assert by_hop["input ids in"] == 8  # one int64 id
+    assert by_hop["logits out"] == c.vocab_size * 4
+    assert by_hop["weights read"] == tiny.weight_bytes_per_token
+    assert by_hop["kv written"] == 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4
+    assert by_hop["kv read"] == cache.size_bytes
+    assert by_hop["activations to next layer"] == c.n_layers * c.dim * 4
+    assert sorted(bytes_per_step(log.records)) == [0, 1]
+
+
+def test_quantized_mode_logs_dequantization(tiny_path: Path) -> None:
+    packed, log = load(tiny_path, weights="quantized"), TransferLog()
+    packed.forward([5], log=log)
+    dequantized = [r for r in log.records if r.hop == "weights dequantized"]
+    c = packed.config
+    floats = c.dim * (2 * c.dim + 2 * c.n_kv_heads * c.head_dim) + 3 * c.dim * c.ffn_dim
+    assert [r.layer for r in dequantized] == [*range(c.n_layers), None]  # every block, then the tied head
+    assert all(r.size_bytes == floats * 4 for r in dequantized[:-1])
+    assert dequantized[-1].size_bytes == c.vocab_size * c.dim * 4
+
+
+def test_bad_options_and_files_are_clear_errors(tiny_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="weights='packed'"):
+        load(tiny_path, weights="packed")
+    with pytest.raises(ModelError, match="no model file"):
+        load(tmp_path / "nothing.gguf")
+    with gguf.open(tiny_path) as f:
+        metadata = dict(f.metadata)
+        tensors = {name: f.tensor(name) for name in f.tensors}
+    gguf.write(tmp_path / "gpt2.gguf", tensors, {**metadata, "general.architecture": "gpt2"})
+    with pytest.raises(ModelError, match="'gpt2'.*llama"):
+        load(tmp_path / "gpt2.gguf")
+    del tensors["blk.1.ffn_up.weight"]
+    gguf.write(tmp_path / "missing.gguf", tensors, metadata)
+    with pytest.raises(ModelError, match="blk.1.ffn_up.weight"):
+        load(tmp_path / "missing.gguf")
+
+
+def test_missing_metadata_key_is_named() -> None:
+    with pytest.raises(ModelError, match=r"metadata key .llama\.embedding_length. is missing"):
+        LlamaConfig.from_gguf({"general.architecture": "llama"}, {"token_embd.weight": (10, 4)})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weights", ["dequantized", "quantized"])
+def test_cuda_matches_cpu_and_times_the_bus_hops(tiny_path: Path, tiny, weights: str) -> None:
+    gpu = load(tiny_path, device="cuda", weights=weights)
+    torch.testing.assert_close(gpu.logits(IDS), tiny.logits(IDS), atol=1e-3, rtol=1e-3)
+    log = TransferLog(device=torch.device("cuda"))
+    gpu.forward(IDS, gpu.new_cache(), log=log)
+    measured = [r for r in log.records if r.basis == "measured"]
+    assert {r.hop for r in measured} == {"input ids in", "logits out"}
+    assert all(r.elapsed_s is not None and r.elapsed_s > 0 for r in measured)
+    assert {r.source for r in log.records if r.hop == "weights read"} == {"VRAM"}

@@ -1,0 +1,85 @@
+"""Notebook 05's figures, widget and exercise check (labkit.figures/widgets/checks.runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("plotly")
+pytest.importorskip("ipywidgets")
+
+from labkit.checks.runtime import check_kv_cache_size, expected_kv_bytes  # noqa: E402
+from labkit.figures import runtime as figures  # noqa: E402
+from labkit.model import load  # noqa: E402
+from labkit.models import synthetic_llama  # noqa: E402
+from labkit.transfers import TransferLog  # noqa: E402
+from labkit.widgets.runtime import kv_cache_explorer  # noqa: E402
+
+SMOL = {"llama.block_count": 30, "llama.embedding_length": 576, "llama.attention.head_count": 9,
+        "llama.attention.head_count_kv": 3}
+
+
+def reference(metadata, context_length, batch, bytes_per_element):
+    n_heads = metadata["llama.attention.head_count"]
+    n_kv = metadata.get("llama.attention.head_count_kv", n_heads)
+    return 2 * metadata["llama.block_count"] * batch * context_length * n_kv * (
+        metadata["llama.embedding_length"] // n_heads) * bytes_per_element
+
+
+def test_check_accepts_a_right_answer() -> None:
+    result = check_kv_cache_size(reference, SMOL)
+    assert result.passed and result.n_cases == 4
+    assert expected_kv_bytes(SMOL, 8192, 1, 2) == 188_743_680  # 8192 tokens in float16: 189 MB
+
+
+def test_check_names_the_usual_mistakes() -> None:
+    def query_heads(m, n, b, e):
+        return 2 * m["llama.block_count"] * b * n * m["llama.attention.head_count"] * 64 * e
+
+    def no_values(m, n, b, e):
+        return reference(m, n, b, e) // 2
+
+    def crashes_without_kv_key(m, n, b, e):
+        return reference({**m, "llama.attention.head_count_kv": m["llama.attention.head_count_kv"]}, n, b, e)
+
+    with pytest.raises(AssertionError, match="3x too big: use head_count_kv"):
+        check_kv_cache_size(query_heads, SMOL)
+    with pytest.raises(AssertionError, match="K \\*and\\* V"):
+        check_kv_cache_size(no_values, SMOL)
+    with pytest.raises(AssertionError, match="Llama-2-7B.*KeyError.*equals head_count"):
+        check_kv_cache_size(crashes_without_kv_key, SMOL)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    return load(synthetic_llama(tmp_path_factory.mktemp("views") / "t.gguf", n_layers=2, dim=64, qtype="Q8_0"))
+
+
+def test_journey_table_and_figure_sum_the_records(tiny) -> None:
+    log = TransferLog()
+    tiny.forward([5, 6, 7], tiny.new_cache(), log=log)
+    table = figures.journey_table(log.records)
+    assert table.splitlines()[0].startswith("hop")
+    weights_line = next(line for line in table.splitlines() if line.startswith("weights read"))
+    assert f"{tiny.weight_bytes_per_token:,}" in weights_line and weights_line.endswith("modelled")
+    figure = figures.journey_figure(log.records)
+    assert sum(figure.data[0].x) == sum(r.size_bytes for r in log.records)
+
+
+def test_kv_explorer_redraws_and_returns_the_size(tiny) -> None:
+    explorer = kv_cache_explorer(tiny.config, weight_bytes=tiny.weights.total_bytes)
+    c = tiny.config
+    assert explorer.update() == 2 * c.n_layers * c.context_length * c.n_kv_heads * c.head_dim * 2
+    explorer.batch.value = 4  # fires the handler through observe
+    assert "batch 4" in explorer.summary.value and "modelled" in explorer.summary.value
+    explorer.dtype.value = "float32"
+    assert explorer.update() == 4 * 2 * c.n_layers * c.context_length * c.n_kv_heads * c.head_dim * 4
+    assert len(explorer.figure.data) == 3
+
+
+def test_speed_and_quality_figures(tmp_path: Path) -> None:
+    speed = figures.speed_figure([{"runner": "a", "tokens_per_s": 10.0, "bound_tokens_per_s": 20.0}])
+    assert [bar.name for bar in speed.data] == ["measured tokens/s", "bandwidth bound (modelled)"]
+    quality = figures.quality_figure([{"qtype": "Q8_0", "bits_per_weight": 8.5, "perplexity": 30.0}])
+    assert list(quality.data[0].text) == ["Q8_0"]
