@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip carries the same parser
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,9 +31,11 @@ def _pyproject_names() -> set[str]:
 
 
 def _environment_names() -> set[str]:
+    """Package names under ``dependencies:`` (conda ones and the nested ``pip:`` list)."""
+    text = (ROOT / "environment.yml").read_text()
     names = set()
-    for line in (ROOT / "environment.yml").read_text().splitlines():
-        match = re.match(r"^\s*-\s+([A-Za-z0-9_.\-]+\S*)\s*$", line)
+    for line in text.split("dependencies:", 1)[1].splitlines():
+        match = re.match(r"^\s*-\s+([A-Za-z0-9_.\-]+[^:]*)$", line.rstrip())
         if match:
             name = _name(match.group(1))
             names.add(CONDA_TO_PYPI.get(name, name))
