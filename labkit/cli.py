@@ -1,4 +1,4 @@
-"""The ``labkit`` command line: each subcommand is a thin shell over the public API.
+"""The labkit command line: each subcommand is a thin shell over the public API.
 
 Usage: ``labkit probe``, ``labkit inspect FILE``, ``labkit quantize IN OUT --type T``,
 ``labkit generate FILE "prompt" -n 32``, ``labkit perplexity FILE [TEXT]``.
@@ -276,12 +276,12 @@ def _add_perplexity(subparsers: argparse._SubParsersAction) -> None:
 
 # Each entry: name -> function(subparsers) that adds the subcommand and sets ``func``.
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
-    # --- subcommand registry ---
+    # In the order of the lab's chapters.
+    "probe": _add_probe,
     "inspect": _add_inspect,
+    "quantize": _add_quantize,
     "generate": _add_generate,
     "perplexity": _add_perplexity,
-    "quantize": _add_quantize,
-    "probe": _add_probe,
 }
 
 

@@ -12,13 +12,14 @@ Read this next to llama.cpp's ``src/models/llama.cpp`` graph and Karpathy's
         x = x + (silu(h @ Wgate) * (h @ Wup)) @ Wdown     # SwiGLU feed-forward
     logits = rms_norm(x) * output_norm @ output           # output = token_embd when tied
 
-Two ways to hold the weights (``load(..., weights=...)``):
+The weights are held dense or as the file's quantized bytes (``load(..., weights=...)``,
+see ``labkit.weights``). Matrices that read the same input are stored stacked, so
+``[Wq | Wk | Wv]`` and ``[Wgate | Wup]`` are one product each, split afterwards.
 
-- ``"dequantized"``: every tensor is dequantized once at load time and kept as
-  float32/bfloat16: fast matmuls, 4-8x the file's bytes in memory;
-- ``"quantized"``: the file's quantized bytes stay resident, and each block's
-  tensors are dequantized when the forward pass reaches that block, then freed:
-  about the file's size in memory, and more compute per token.
+Decoding one token at a time is a matrix-*vector* product per weight matrix, so
+its speed is set by how fast the weights stream from RAM. The rest is kept to a few
+operations per block: one fused RMS norm, RoPE as one complex multiplication,
+``F.scaled_dot_product_attention`` over a preallocated KV cache.
 
 RoPE: GGUF files store ``attn_q``/``attn_k`` permuted by llama.cpp's converter so
 that each rotated pair is two *adjacent* numbers (ggml's "normal" RoPE mode), not
@@ -45,11 +46,13 @@ from labkit.errors import ModelError
 from labkit.kvcache import KVCache
 from labkit.tokenizer import Tokenizer
 from labkit.transfers import NullLog, TransferLog
+from labkit.weights import Weights, matmul_layout
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
 BLOCK_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")  # as in the file
+BLOCK_WEIGHTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate_up", "ffn_down")  # as stored
 
 
 @dataclass(frozen=True)
@@ -113,62 +116,6 @@ class PerplexityResult:
     perplexity: float
 
 
-class Weights:
-    """The model's tensors, held dense or as quantized bytes dequantized on use.
-
-    ``dense[name]``: float tensors ready for matmul. ``packed[name]``: ``(raw uint8 bytes, qtype, shape)``,
-    only in ``"quantized"`` mode (norm vectors and other float tensors are always dense).
-    """
-
-    def __init__(self, gguf_file: Any, names: Sequence[str], *, mode: str, dtype: torch.dtype, device: torch.device):
-        from labkit.formats import FORMATS
-
-        self.mode, self.dtype, self.device = mode, dtype, device
-        self.dense: dict[str, torch.Tensor] = {}
-        self.packed: dict[str, tuple[torch.Tensor, str, tuple[int, ...]]] = {}
-        for name in names:
-            info = gguf_file.tensors[name]
-            if mode == "quantized" and FORMATS[info.qtype].quantized:
-                raw = gguf_file.raw(name).to(device, copy=True)  # own copy: resident, file can close
-                self.packed[name] = (raw, info.qtype, tuple(info.shape))
-            else:
-                dtype_here = torch.float32 if len(info.shape) == 1 else dtype  # norms stay float32
-                self.dense[name] = gguf_file.tensor(name).to(device=device, dtype=dtype_here)
-
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor as floats: stored, or dequantized now from its packed bytes."""
-        if name in self.dense:
-            return self.dense[name]
-        from labkit.quant import dequantize
-
-        raw, qtype, shape = self.packed[name]
-        return dequantize(raw, qtype, shape).to(self.dtype)
-
-    def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` of a 2-D tensor; when packed, only those rows' bytes are dequantized."""
-        if name in self.dense:
-            return self.dense[name][ids]
-        from labkit.quant import dequantize
-
-        raw, qtype, (n_rows, n_cols) = self.packed[name]
-        row_bytes = raw.view(n_rows, -1)[ids.reshape(-1)]  # (N, bytes per row)
-        return dequantize(row_bytes, qtype, (ids.numel(), n_cols)).view(*ids.shape, n_cols).to(self.dtype)
-
-    def stored_bytes(self, name: str) -> int:
-        """Bytes this tensor occupies while resident."""
-        tensor = self.dense[name] if name in self.dense else self.packed[name][0]
-        return tensor.numel() * tensor.element_size()
-
-    def row_bytes(self, name: str) -> int:
-        """Bytes one row of a 2-D tensor occupies while resident."""
-        n_rows = self.dense[name].shape[0] if name in self.dense else self.packed[name][2][0]
-        return self.stored_bytes(name) // n_rows
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.stored_bytes(name) for name in [*self.dense, *self.packed])
-
-
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          weights: str = "dequantized") -> "Model":
     """Load a llama-architecture GGUF file into a runnable ``Model``.
@@ -218,26 +165,42 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, weight.shape, weight, eps)
 
 
-def rope_angles(positions: torch.Tensor, base: float, rope_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of ``position * base^(-2i/rope_dim)`` for each position and pair ``i``: two ``(T, rope_dim/2)``."""
+def rope_rotations(positions: torch.Tensor, base: float, rope_dim: int) -> torch.Tensor:
+    """``cos + i*sin`` of the angles ``position * base^(-2j/rope_dim)``, per position and pair ``j``.
+
+    Returns:
+        complex64 ``(T, rope_dim/2)``: unit complex numbers, one rotation per pair (angles computed in float64).
+    """
     freqs = base ** (-torch.arange(0, rope_dim, 2, dtype=torch.float64, device=positions.device) / rope_dim)
     angles = positions.to(torch.float64)[:, None] * freqs[None, :]  # (T, rope_dim/2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs ``(x[2i], x[2i+1])`` by the angles of ``rope_angles`` (ggml "normal" RoPE mode).
+def rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs ``(x[2i], x[2i+1])`` by ``rope_rotations`` (ggml "normal" RoPE mode).
+
+    A pair read as the complex number ``x0 + i*x1``, times ``cos + i*sin``, gives
+    ``(x0*cos - x1*sin) + i*(x0*sin + x1*cos)``: the pair turned by the angle. One complex
+    multiplication rotates every pair of every head at once.
 
     Args:
-        x: ``(B, T, n_heads, head_dim)``; the first ``rope_dim`` dims of each head rotate, the rest pass.
-        cos, sin: ``(T, rope_dim/2)``.
+        x: float32 ``(B, T, n_heads, head_dim)``; the first ``rope_dim`` dims of each head rotate, the rest pass.
+        rotations: ``(T, rope_dim/2)`` from ``rope_rotations``.
     """
-    rope_dim = 2 * cos.shape[-1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, rope_dim/2)
-    pairs = x[..., :rope_dim].unflatten(-1, (rope_dim // 2, 2))  # (B, T, H, rope_dim/2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)  # (B, T, H, rope_dim)
-    return torch.cat((rotated, x[..., rope_dim:]), dim=-1)
+    rope_dim = 2 * rotations.shape[-1]
+    pairs = torch.view_as_complex(x[..., :rope_dim].unflatten(-1, (rope_dim // 2, 2)))  # (B, T, H, rope_dim/2)
+    rotated = torch.view_as_real(pairs * rotations[:, None, :]).flatten(-2)  # (B, T, H, rope_dim)
+    return rotated if rope_dim == x.shape[-1] else torch.cat((rotated, x[..., rope_dim:]), dim=-1)
+
+
+def causal_mask(n_new: int, n_total: int, device: torch.device) -> torch.Tensor | None:
+    """``(n_new, n_total)``: True where new token ``t`` may see position ``s`` (``s <= n_total - n_new + t``).
+
+    ``None`` for one new token: it sees every cached position and itself, nothing to hide.
+    """
+    if n_new == 1:
+        return None
+    return torch.ones(n_new, n_total, dtype=torch.bool, device=device).tril(n_total - n_new)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -257,11 +220,14 @@ class Model:
         self.config, self.tokenizer, self.weights = config, tokenizer, weights
         self.device, self.dtype = weights.device, weights.dtype
         self.head_name = "token_embd.weight" if config.tied_embeddings else "output.weight"
+        self.block_names = [{short: f"blk.{layer}.{short}.weight" for short in BLOCK_WEIGHTS}
+                            for layer in range(config.n_layers)]  # per layer: short name -> stored name
+        self.block_bytes = [sum(weights.stored_bytes(name) for name in names.values()) for names in self.block_names]
 
     @property
     def weight_bytes_per_token(self) -> int:
         """Bytes of resident weights one decode step reads: every block's tensors, the norms and the head."""
-        names = [n for n in _tensor_names(self.config) if n != "token_embd.weight" or self.config.tied_embeddings]
+        names = [n for n in self.weights.names if n != "token_embd.weight" or self.config.tied_embeddings]
         return sum(self.weights.stored_bytes(name) for name in names)
 
     def new_cache(self, *, batch: int = 1, dtype: torch.dtype | None = None) -> KVCache:
@@ -294,13 +260,14 @@ class Model:
         ids = log.to_device(ids, "input ids in")
         x = self.weights.rows("token_embd.weight", ids).float()  # (B, T, C) the residual stream, float32
         log.add("embedding rows read", ids.numel() * self.weights.row_bytes("token_embd.weight"))
-        positions = torch.arange(past, past + ids.shape[1], device=self.device)
-        angles = rope_angles(positions, c.rope_base, c.rope_dim)  # cos, sin: (T, rope_dim/2), shared by all blocks
+        T, S = ids.shape[1], past + ids.shape[1]  # new positions, all positions
+        rotations = rope_rotations(torch.arange(past, S, device=self.device), c.rope_base, c.rope_dim)
+        mask = causal_mask(T, S, self.device)  # shared by all blocks, like the rotations
         for layer in range(c.n_layers):
             w = self._block_weights(layer, log)
-            x = x + self._attention(rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, angles, cache, log)
+            x = x + self._attention(rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, rotations, mask, cache, log)
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            gate, up = linear(h, w["ffn_gate"]), linear(h, w["ffn_up"])  # (B, T, ffn_dim)
+            gate, up = linear(h, w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)  # (B, T, ffn_dim) each
             x = x + linear(F.silu(gate) * up, w["ffn_down"])
             log.add("activations to next layer", x, layer=layer, source="cores", destination=log.memory)
         if cache is not None:
@@ -316,9 +283,9 @@ class Model:
 
     def _block_weights(self, layer: int, log: TransferLog) -> dict[str, torch.Tensor]:
         """One block's tensors as floats (dequantized here in ``"quantized"`` mode), with their reads logged."""
-        names = {short: f"blk.{layer}.{short}.weight" for short in BLOCK_TENSORS}
+        names = self.block_names[layer]
         tensors = {short: self.weights.get(name) for short, name in names.items()}
-        log.add("weights read", sum(self.weights.stored_bytes(n) for n in names.values()), layer=layer)
+        log.add("weights read", self.block_bytes[layer], layer=layer)
         packed = [short for short, name in names.items() if name in self.weights.packed]
         if packed:
             log.add("weights dequantized", sum(tensors[s].nbytes for s in packed),
@@ -326,29 +293,23 @@ class Model:
         return tensors
 
     def _attention(self, h: torch.Tensor, w: dict[str, torch.Tensor], layer: int,
-                   angles: tuple[torch.Tensor, torch.Tensor],
+                   rotations: torch.Tensor, mask: torch.Tensor | None,
                    cache: KVCache | None, log: TransferLog) -> torch.Tensor:
+        """Grouped-query self-attention of the ``T`` new positions over all ``S``: ``(B, T, C) -> (B, T, C)``."""
         c = self.config
         B, T, _ = h.shape
-        q = linear(h, w["attn_q"]).view(B, T, c.n_heads, c.head_dim)  # (B, T, H, D)
-        k = linear(h, w["attn_k"]).view(B, T, c.n_kv_heads, c.head_dim)  # (B, T, Hkv, D)
-        v = linear(h, w["attn_v"]).view(B, T, c.n_kv_heads, c.head_dim)
-        q, k = rope(q, *angles), rope(k, *angles)
+        heads = linear(h, w["attn_qkv"]).unflatten(-1, (c.n_heads + 2 * c.n_kv_heads, c.head_dim))  # (B, T, H+2Hkv, D)
+        qk = rope(heads[:, :, : c.n_heads + c.n_kv_heads], rotations)  # q and k heads turn by the same angles
+        q, k, v = qk[:, :, : c.n_heads], qk[:, :, c.n_heads:], heads[:, :, c.n_heads + c.n_kv_heads:]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, D): S = cached + new positions
-            log.add("kv written", 2 * T * k[:, :, :1].numel() * k.element_size(), layer=layer,
+            log.add("kv written", 2 * B * c.n_kv_heads * T * c.head_dim * k.element_size(), layer=layer,
                     source="cores", destination=log.memory)
             log.add("kv read", 2 * k.numel() * k.element_size(), layer=layer)
-        group = c.n_heads // c.n_kv_heads  # query heads that share one KV head
-        k = k.to(q.dtype).repeat_interleave(group, dim=1)  # (B, H, S, D)
-        v = v.to(q.dtype).repeat_interleave(group, dim=1)
-        scores = (q @ k.transpose(2, 3)) / c.head_dim**0.5  # (B, H, T, S): S = cached + new positions
-        S = scores.shape[-1]
-        if T > 1:  # causal: new token t sees positions <= S - T + t
-            causal = torch.ones(T, S, dtype=torch.bool, device=h.device).tril(S - T)  # (T, S)
-            scores = scores.masked_fill(~causal, float("-inf"))
-        out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v  # (B, H, T, D)
+        # softmax(q k^T / sqrt(D), masked) v; enable_gqa: each KV head serves n_heads / n_kv_heads query heads
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                             enable_gqa=True)  # (B, H, T, D)
         return linear(out.transpose(1, 2).reshape(B, T, c.dim), w["attn_output"])  # (B, T, C)
 
     def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -409,8 +370,8 @@ class Model:
 
         if self.weights.packed:
             raise ModelError("requantized() needs a model loaded with weights='dequantized'")
-        store = copy.copy(self.weights)
-        store.dense = {name: dequantize(quantize(t.float(), qtype, name=name), qtype, t.shape).to(t.dtype)
+        store = copy.copy(self.weights)  # a stacked matrix quantizes as its parts would: blocks never span rows
+        store.dense = {name: matmul_layout(dequantize(quantize(t, qtype, name=name), qtype, t.shape).to(t.dtype))
                        if t.dim() == 2 else t for name, t in self.weights.dense.items()}
         return Model(self.config, self.tokenizer, store)
 

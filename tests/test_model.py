@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from labkit import gguf
 from labkit.errors import ModelError
 from labkit.kvcache import KVCache, kv_cache_size_bytes
-from labkit.model import LlamaConfig, lab_text, load, rope, rope_angles
+from labkit.model import LlamaConfig, lab_text, load, rope, rope_rotations
 from labkit.models import synthetic_llama
 from labkit.transfers import HOPS, TransferLog, bytes_by_hop, bytes_per_step
 
@@ -73,7 +73,7 @@ def test_bfloat16_is_close_to_float32(tiny_path: Path, tiny) -> None:
 def test_rope_rotates_adjacent_pairs() -> None:
     x = torch.randn(1, 3, 2, 8, generator=torch.Generator().manual_seed(0))  # (B, T, H, D)
     positions = torch.tensor([0, 1, 5])
-    y = rope(x, *rope_angles(positions, base=10000.0, rope_dim=8))
+    y = rope(x, rope_rotations(positions, base=10000.0, rope_dim=8))
     torch.testing.assert_close(y[:, 0], x[:, 0])  # position 0 is not rotated
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))  # rotations keep lengths
     # pair (0, 1) at position 1 turns by exactly 1 radian (frequency base^0 = 1)
@@ -84,7 +84,7 @@ def test_rope_rotates_adjacent_pairs() -> None:
 
 def test_rope_leaves_dims_past_rope_dim_alone() -> None:
     x = torch.randn(1, 2, 1, 8)
-    y = rope(x, *rope_angles(torch.tensor([3, 4]), base=10000.0, rope_dim=4))
+    y = rope(x, rope_rotations(torch.tensor([3, 4]), base=10000.0, rope_dim=4))
     torch.testing.assert_close(y[..., 4:], x[..., 4:])
 
 
