@@ -133,14 +133,14 @@ def _quantize_text(plans: list, report: object | None) -> str:
 def _run_quantize(args: argparse.Namespace) -> int:
     import json
 
-    from labkit import gguf, requant
+    from labkit import gguf, mixtures, requant
 
     report = None
     if args.output is None and not args.dry_run:
         raise LabkitError("give an OUTPUT file (or --dry-run to only see the plan)")
     if args.dry_run:
         with gguf.open(args.input) as f:
-            plans = requant.plan_types(f.tensors, f.metadata, args.type, pure=args.pure)
+            plans = mixtures.plan_types(f.tensors, f.metadata, args.type, pure=args.pure)
     else:
         progress = not (args.quiet or args.json) and sys.stderr.isatty()
         report = requant.requantize(args.input, args.output, args.type, pure=args.pure, progress=progress)

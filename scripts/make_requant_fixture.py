@@ -33,7 +33,7 @@ from pathlib import Path
 import gguf
 
 from labkit.models import default_model_path
-from labkit.requant import FILE_TYPES, resolve_type
+from labkit.mixtures import FILE_TYPES, resolve_type
 
 OUT_PATH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "requant" / "llama_cpp_types.json"
 # (the --type argument, pure): the four mixtures of issue 4, the other K mixtures, two pure types.

@@ -18,9 +18,9 @@ import gguf as gguf_py
 import pytest
 import torch
 
-from labkit import requant
+from labkit import mixtures, requant
 from labkit.errors import QuantizationError
-from labkit.requant import ModelShape, plan_types, resolve_type, use_more_bits
+from labkit.mixtures import ModelShape, plan_types, resolve_type, use_more_bits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "requant" / "llama_cpp_types.json"
 
@@ -89,7 +89,7 @@ def test_plan_keeps_llama_cpp_order_and_says_why(default_header) -> None:
 
 def test_order_sorts_layers_by_number() -> None:
     names = ["blk.10.a.weight", "blk.2.b.weight", "token_embd.weight", "blk.2.a.weight", "output_norm.weight"]
-    assert requant.llama_cpp_order(names) == [
+    assert mixtures.llama_cpp_order(names) == [
         "output_norm.weight", "token_embd.weight", "blk.2.a.weight", "blk.2.b.weight", "blk.10.a.weight"
     ]
 
@@ -190,7 +190,7 @@ def test_pure_and_float_types() -> None:
     assert {t for n, t in pure.items() if not n.endswith("norm.weight")} == {"Q4_K"}
     assert types_of(infos, meta, "Q4_K_M", pure=True) == pure
     assert {t for n, t in types_of(infos, meta, "F16").items() if not n.endswith("norm.weight")} == {"F16"}
-    assert resolve_type("q4_k_m") == (requant.FILE_TYPES["Q4_K_M"], False)
+    assert resolve_type("q4_k_m") == (mixtures.FILE_TYPES["Q4_K_M"], False)
 
 
 def test_bad_requests_raise_quantization_errors() -> None:
@@ -262,7 +262,7 @@ def test_requantize_writes_llama_cpp_types_order_and_metadata(tiny_f32, tmp_path
 
     report = requant.requantize(tiny_f32, tmp_path / "q4km.gguf", "Q4_K_M")
     with gguf.open(tiny_f32) as src, gguf.open(report.dst_path) as out:
-        assert list(out.tensors) == requant.llama_cpp_order(src.tensors) == [p.name for p in report.plans]
+        assert list(out.tensors) == mixtures.llama_cpp_order(src.tensors) == [p.name for p in report.plans]
         assert {n: t.qtype for n, t in out.tensors.items()} == {p.name: p.dst_qtype for p in report.plans}
         assert out.tensors["output.weight"].qtype == "Q6_K"
         # use_more_bits(i, 2): only layer 1 (i >= 7 * 2 // 8)
@@ -359,7 +359,7 @@ def llama_cpp_quantize(src: Path, dst: Path, type_name: str, *, pure: bool = Fal
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("type_name", list(requant.FILE_TYPES) + list(requant.PURE_ALIASES))
+@pytest.mark.parametrize("type_name", list(mixtures.FILE_TYPES) + list(mixtures.PURE_ALIASES))
 def test_tiny_model_file_equals_llama_cpp(tiny_f32, tmp_path, type_name) -> None:
     theirs = llama_cpp_quantize(tiny_f32, tmp_path / "theirs.gguf", type_name)
     ours = requant.requantize(tiny_f32, tmp_path / "ours.gguf", type_name).dst_path
