@@ -1,7 +1,7 @@
 """The labkit command line: each subcommand is a thin shell over the public API.
 
 Usage: ``labkit probe``, ``labkit inspect FILE``, ``labkit quantize IN OUT --type T``,
-``labkit generate FILE "prompt" -n 32``, ``labkit perplexity FILE [TEXT]``.
+``labkit generate FILE "prompt" -n 32``, ``labkit perplexity FILE [TEXT | --file PATH]``.
 Add ``--json`` for machine-readable output and ``--quiet`` to silence progress bars.
 """
 
@@ -11,7 +11,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, ModelError
+
+MEASURED = "measured on this machine"  # the "timing" field beside every elapsed_s in --json output
 
 # --- probe command (issue 2) ---
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
@@ -34,6 +36,17 @@ def parse_size(text: str) -> int:
     if size_bytes <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
     return size_bytes
+
+
+def positive_int(text: str) -> int:
+    """Parse a count such as ``--threads 4`` or ``-n 32``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number; write e.g. 1, 4 or 32")
+    return value
 
 
 def _probe_table(report: object) -> str:
@@ -94,6 +107,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     try:
         with gguf.open(args.file) as f:
             summary = summarize(f, max_array_items=args.items)
+    except LabkitError:
+        raise
     except OSError as error:
         raise LabkitError(f"cannot open {args.file}: {error.strerror or error}") from None
     print(json.dumps(summary, indent=2, default=str) if args.json else render_text(summary))
@@ -149,7 +164,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         rows = [{"name": p.name, "shape": list(p.shape), "from": p.src_qtype, "to": p.dst_qtype, "reason": p.reason}
                 for p in plans]
         extra = {} if report is None else {"output": str(report.dst_path), "size_bytes": report.dst_size_bytes,
-                                           "elapsed_s": report.elapsed_s, "file_type": report.file_type}
+                                           "elapsed_s": report.elapsed_s, "timing": MEASURED,
+                                           "file_type": report.file_type}
         print(json.dumps({**extra, "tensors": rows}, indent=2))
     else:
         print(_quantize_text(plans, report))
@@ -175,11 +191,40 @@ def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --- generate / perplexity commands (issue 5) ---
+def check_device(device: str) -> str:
+    """Check a ``--device`` value before any loading.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        ``device`` unchanged.
+
+    Raises:
+        ModelError: torch does not know the name, or it is not a CPU or CUDA device,
+            or ``cuda:N`` names a GPU this machine does not have.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ModelError(f"--device {device!r} is not a device labkit runs on; choose cpu, cuda or cuda:N "
+                         "(N = the GPU's number, from 0)")
+    count = torch.cuda.device_count()
+    if parsed.type == "cuda" and parsed.index is not None and count and parsed.index >= count:
+        raise ModelError(f"--device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def _load_model(args: argparse.Namespace) -> object:
     import torch
 
     from labkit import model
 
+    check_device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     return model.load(args.file, device=args.device, dtype=dtype, weights=args.weights)
 
@@ -189,8 +234,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=["dequantized", "quantized"], default="dequantized",
                         help="keep weights as floats (fast) or as quantized bytes dequantized per block (small)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads, at least 1 (default: torch's choice)")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -224,7 +270,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
                     "printing tokens as they are generated.")
     _add_model_options(parser)
     parser.add_argument("prompt", help="the text to continue")
-    parser.add_argument("-n", type=int, default=32, help="new tokens at most (default 32)")
+    parser.add_argument("-n", type=positive_int, default=32, help="new tokens at most (default 32)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -243,12 +289,18 @@ def _run_perplexity(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.text is None:
-        text, source = model_module.lab_text(), "the lab text (labkit/data/lab_text.txt)"
-    elif Path(args.text).is_file():
-        text, source = Path(args.text).read_text(encoding="utf-8"), args.text
-    else:
+    if args.text is not None and args.file_path is not None:
+        raise LabkitError("give the text to score as TEXT or as --file PATH, not both")
+    if args.file_path is not None:
+        try:
+            text, source = Path(args.file_path).read_text(encoding="utf-8"), args.file_path
+        except (OSError, UnicodeDecodeError) as error:
+            raise LabkitError(f"cannot read --file {args.file_path}: {getattr(error, 'strerror', None) or error}; "
+                              "give a UTF-8 text file") from None
+    elif args.text is not None:
         text, source = args.text, "the command line"
+    else:
+        text, source = model_module.lab_text(), "the lab text (labkit/data/lab_text.txt)"
     model = _load_model(args)
     start = time.perf_counter()
     result = model.perplexity(text)  # type: ignore[attr-defined]
@@ -256,7 +308,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file": args.file, "text_source": source, "n_tokens": result.n_tokens,
                           "n_scored": result.n_scored, "mean_nll": result.mean_nll,
-                          "perplexity": result.perplexity, "elapsed_s": elapsed_s}, indent=2))
+                          "perplexity": result.perplexity, "elapsed_s": elapsed_s, "timing": MEASURED}, indent=2))
     else:
         print(f"perplexity {result.perplexity:.3f} (mean NLL {result.mean_nll:.4f} nats) over {result.n_scored} "
               f"predicted tokens of {source}; {elapsed_s:.2f} s (measured)")
@@ -267,9 +319,13 @@ def _add_perplexity(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "perplexity", help="how well a model predicts a text (lower is better)",
         description="Score a text with labkit's llama runtime: perplexity = exp(mean negative log-likelihood "
-                    "of each next token). Without TEXT, the short lab text that ships with labkit is used.")
+                    "of each next token). TEXT is scored as written; --file PATH scores a UTF-8 text file; "
+                    "with neither, the short lab text that ships with labkit is used.")
     _add_model_options(parser)
-    parser.add_argument("text", nargs="?", default=None, help="text to score, or a path to a UTF-8 text file")
+    parser.add_argument("text", nargs="?", default=None,
+                        help="the text to score, taken literally (default: the lab text)")
+    parser.add_argument("--file", dest="file_path", metavar="PATH", default=None,
+                        help="score the contents of this UTF-8 text file instead")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_run_perplexity)
 
@@ -303,10 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # before OSError, its base class
         # The reader went away (``labkit inspect FILE | head``): stop quietly, like Unix tools do.
         sys.stderr.close()
         return 0
+    except OSError as error:  # disk full, permission denied, ...: a message, not a traceback
+        print(f"labkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

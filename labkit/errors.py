@@ -33,3 +33,11 @@ class ProbeError(LabkitError):
 
 class ModelNotInstalledError(LabkitError, FileNotFoundError):
     """The default model's package is not installed."""
+
+
+class OutputPathError(LabkitError, OSError):
+    """A file cannot be written where asked: its folder is missing or read-only, or the path is a folder."""
+
+
+class MissingInputError(LabkitError, FileNotFoundError):
+    """An input file does not exist; the message names the path."""

@@ -199,7 +199,11 @@ def check_fits(size_bytes: int, free_disk_bytes: int, free_ram_bytes: int) -> No
 
 
 def _check_request(size_bytes: int, block_bytes: int, tmp_dir: str | os.PathLike[str] | None,
-                   repeats: int) -> Path:
+                   repeats: int, cuda: bool | None = None) -> Path:
+    if cuda and not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA device"
+        raise ProbeError(f"cuda=True, but there is no CUDA device to measure ({why}); "
+                         "pass cuda=None to measure PCIe/VRAM only when a GPU is present")
     if block_bytes <= 0 or block_bytes % pagecache.DIRECT_IO_ALIGN_BYTES:
         raise ProbeError(f"block_bytes={block_bytes} must be a positive multiple of 4096 "
                          "(O_DIRECT reads need aligned blocks); try 1 MiB = 1048576")
@@ -387,11 +391,12 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
 
     Raises:
         ProbeError: before any work, if the size does not fit the free disk space or RAM,
-            the block size is not aligned, or ``tmp_dir`` is not a writable folder.
+            the block size is not aligned, ``tmp_dir`` is not a writable folder, or
+            ``cuda=True`` without a CUDA device.
     """
     if cold_method not in ("auto", "fadvise", "direct"):
         raise ProbeError(f"cold_method={cold_method!r} must be 'auto', 'fadvise' or 'direct'")
-    folder = _check_request(size_bytes, block_bytes, tmp_dir, repeats)
+    folder = _check_request(size_bytes, block_bytes, tmp_dir, repeats, cuda)
     use_cuda = torch.cuda.is_available() if cuda is None else cuda
     bar = _progress_bar(progress, 5 if use_cuda else 4)
     handle, name = tempfile.mkstemp(prefix="labkit-probe-", suffix=".bin", dir=folder)

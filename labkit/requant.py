@@ -121,6 +121,9 @@ def requantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type_na
 
     Raises:
         QuantizationError: an unknown type, a model the rules don't cover, or ``dst`` is ``src``.
+        MissingInputError: ``src`` does not exist (from ``gguf.open``).
+        OutputPathError: ``dst`` is a folder, or its folder is missing or read-only (from
+            ``gguf.write``, before any tensor is requantized).
 
     Example:
         >>> report = requantize(default_model_path(), tmp / "smol-q4_k_m.gguf", "Q4_K_M")

@@ -63,3 +63,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "./run.sh test" in readme and "./run.sh lab" in readme
     assert "./run.sh test" in ci
+
+
+def test_run_sh_parses_and_an_unknown_command_prints_the_usage(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(ROOT / "run.sh")], capture_output=True).returncode == 0
+    # A missing interpreter and a fresh HOME: any set-up step would fail loudly or print "installing".
+    env = {**os.environ, "PYTHON": str(tmp_path / "no-python"), "HOME": str(tmp_path)}
+    for args in (["bogus"], []):
+        done = subprocess.run([str(ROOT / "run.sh"), *args], capture_output=True, text=True, env=env, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == "" and done.stderr == "usage: ./run.sh lab | ./run.sh test [pytest args]\n"

@@ -235,3 +235,11 @@ def test_cli_inspect_reports_bad_files_as_errors(tmp_path: Path, capsys: pytest.
     assert "byte 4 (header.version): version 1" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.gguf")]) == 2
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_missing_file_is_a_labkit_and_file_not_found_error(tmp_path: Path) -> None:
+    from labkit.errors import LabkitError
+
+    with pytest.raises(FileNotFoundError, match=r"cannot open .*missing\.gguf: no such file") as caught:
+        lg.open(tmp_path / "missing.gguf")
+    assert isinstance(caught.value, LabkitError)

@@ -221,3 +221,30 @@ def test_bad_tensors_are_refused(tmp_path: Path, sources, message: str) -> None:
     with pytest.raises(lg.GGUFFormatError, match=message):
         lg.write(tmp_path / "x.gguf", sources, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def _never_loaded() -> torch.Tensor:
+    raise AssertionError("the writer loaded a tensor before checking the output path")
+
+
+def test_bad_output_paths_fail_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit.errors import LabkitError, OutputPathError
+
+    sources = [lg.TensorSource("w", (4,), "F32", _never_loaded)]
+    with pytest.raises(OutputPathError, match=r"the folder .*missing does not exist; create it") as caught:
+        lg.write(tmp_path / "missing" / "out.gguf", sources, {})
+    assert ".tmp" not in str(caught.value) and isinstance(caught.value, (LabkitError, OSError))
+    with pytest.raises(OutputPathError, match=r"is a folder; give a file name"):
+        lg.write(tmp_path, sources, {})
+    (tmp_path / "plain").write_bytes(b"x")
+    with pytest.raises(OutputPathError, match=r"plain is not a folder"):
+        lg.write(tmp_path / "plain" / "out.gguf", sources, {})
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    import os
+
+    if os.geteuid() == 0:  # root may write anywhere: pretend the permission bits hold
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(OutputPathError, match=r"locked is not writable"):
+        lg.write(locked / "out.gguf", sources, {})
+    assert list(locked.iterdir()) == []

@@ -45,8 +45,11 @@ def test_perplexity_of_text_and_of_a_file(tiny_path: Path, tmp_path: Path,
     assert result["perplexity"] == pytest.approx(load(tiny_path).perplexity("hello world, hello model").perplexity)
     text_file = tmp_path / "t.txt"
     text_file.write_text("hello world, hello model", encoding="utf-8")
-    assert main(["perplexity", str(tiny_path), str(text_file)]) == 0
-    assert "perplexity" in capsys.readouterr().out
+    assert main(["perplexity", str(tiny_path), "--file", str(text_file), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert from_file["text_source"] == str(text_file) and from_file["perplexity"] == result["perplexity"]
+    assert main(["perplexity", str(tiny_path), str(text_file), "--json"]) == 0  # TEXT is always literal text
+    assert json.loads(capsys.readouterr().out)["text_source"] == "the command line"
 
 
 def test_perplexity_defaults_to_the_lab_text(tiny_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,3 +62,42 @@ def test_perplexity_defaults_to_the_lab_text(tiny_path: Path, capsys: pytest.Cap
 def test_missing_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["perplexity", str(tmp_path / "none.gguf")]) == 2
     assert "no model file" in capsys.readouterr().err
+
+
+def test_perplexity_of_a_long_text_on_the_command_line(tiny_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "hello world " * 25  # 300 characters: too long for a file name
+    assert main(["perplexity", str(tiny_path), text, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text_source"] == "the command line" and result["timing"] == "measured on this machine"
+
+
+def test_perplexity_text_file_errors(tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["perplexity", str(tiny_path), "--file", str(tmp_path / "none.txt")]) == 2
+    assert "cannot read --file" in capsys.readouterr().err
+    (tmp_path / "t.txt").write_text("hi", encoding="utf-8")
+    assert main(["perplexity", str(tiny_path), "hi", "--file", str(tmp_path / "t.txt")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--threads", "-1"], ["--threads", "0"], ["-n", "0"], ["-n", "x"]])
+def test_counts_must_be_positive(tiny_path: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["generate", str(tiny_path), "hi", *option])
+    assert caught.value.code == 2
+    assert f"{option[1]!r} is not a positive whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps"])
+def test_unknown_device_is_a_clean_error(tiny_path: Path, device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["perplexity", str(tiny_path), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device!r}" in err and "cpu, cuda or cuda:N" in err
+
+
+def test_device_check_raises_a_model_error() -> None:
+    from labkit.cli import check_device
+    from labkit.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"choose cpu, cuda or cuda:N"):
+        check_device("tpu")
+    assert check_device("cpu") == "cpu"

@@ -362,3 +362,15 @@ def test_widgets_handlers_run_headless(report: probe.ProbeReport, tmp_path: Path
     calculator.model.value = "b"
     assert "1 GB" in calculator.figure.layout.title.text and "quoted" in calculator.table.value
     assert all(row.record.kind == "quoted" for row in QuotedSpeedDemo().update())
+
+
+def test_cuda_without_a_cuda_device_fails_before_any_work(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> float:
+        raise AssertionError("the probe started measuring before checking for CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pagecache, "write_test_file", never)
+    with pytest.raises(ProbeError, match=r"cuda=True.*no CUDA device.*cuda=None"):
+        probe.run(SMALL, tmp_dir=tmp_path, repeats=1, cuda=True)
+    assert list(tmp_path.iterdir()) == []

@@ -344,6 +344,54 @@ def test_cli_quantize_and_dry_run(tiny_f32, tmp_path, capsys) -> None:
     assert main(["quantize", str(tiny_f32), str(out), "--type", "IQ2_XXS"]) == 2
 
 
+def test_cli_quantize_json_says_the_timing_is_measured(tiny_f32, tmp_path, capsys) -> None:
+    from labkit.cli import main
+
+    assert main(["quantize", str(tiny_f32), str(tmp_path / "q8.gguf"), "--type", "Q8_0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["elapsed_s"] > 0 and result["timing"] == "measured on this machine"
+
+
+def test_missing_input_and_bad_output_fail_before_any_work(tiny_f32, tmp_path, monkeypatch) -> None:
+    from labkit.errors import LabkitError, OutputPathError
+
+    def never(*args, **kwargs):
+        raise AssertionError("requantized before checking the paths")
+
+    monkeypatch.setattr(requant, "requantize_tensor", never)
+    with pytest.raises(FileNotFoundError, match=r"cannot open .*missing\.gguf: no such file") as caught:
+        requant.requantize(tmp_path / "missing.gguf", tmp_path / "out.gguf", "Q8_0")
+    assert isinstance(caught.value, LabkitError)
+    with pytest.raises(OutputPathError, match=r"the folder .*nowhere does not exist"):
+        requant.requantize(tiny_f32, tmp_path / "nowhere" / "out.gguf", "Q8_0")
+    with pytest.raises(OutputPathError, match=r"is a folder"):
+        requant.requantize(tiny_f32, tmp_path, "Q8_0")
+
+
+def test_cli_quantize_path_errors_are_clean(tiny_f32, tmp_path, capsys) -> None:
+    from labkit.cli import main
+
+    missing = str(tmp_path / "missing.gguf")
+    for argv in ([missing, str(tmp_path / "out.gguf")], [missing, "--dry-run"],
+                 [str(tiny_f32), str(tmp_path / "nowhere" / "out.gguf")], [str(tiny_f32), str(tmp_path)]):
+        assert main(["quantize", *argv, "--type", "Q8_0", "--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("labkit quantize: error: ") and ".tmp" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_turns_any_os_error_into_a_clean_exit(tiny_f32, tmp_path, capsys, monkeypatch) -> None:
+    from labkit import gguf
+    from labkit.cli import main
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf, "write", disk_full)
+    assert main(["quantize", str(tiny_f32), str(tmp_path / "out.gguf"), "--type", "Q8_0"]) == 2
+    assert capsys.readouterr().err == "labkit quantize: error: [Errno 28] No space left on device\n"
+
+
 # --- against llama.cpp itself, when llama-cpp-python is installed ---
 
 

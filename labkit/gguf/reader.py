@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from labkit.errors import GGUFFormatError
+from labkit.errors import GGUFFormatError, MissingInputError
 from labkit.gguf import codec
 from labkit.gguf.constants import HEADER_BYTES, align_up
 from labkit.gguf.parse import MetadataEntry, ParsedHeader, TensorInfo, parse_header
@@ -183,6 +183,7 @@ def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors buil
     Raises:
         GGUFFormatError: the file is malformed, truncated or hostile; the message
             names the file, the byte offset and the field.
+        MissingInputError: there is no file at ``path`` (a ``FileNotFoundError`` too).
         OSError: the file cannot be opened.
 
     Example:
@@ -191,7 +192,11 @@ def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors buil
         ('llama', 272)
     """
     path = Path(path)
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise MissingInputError(f"cannot open {path}: no such file; check the path and the name") from None
+    with handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             raise GGUFFormatError(f"{path}: byte 0 (header.magic): the file is empty; a GGUF file starts "

@@ -32,7 +32,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from labkit.errors import GGUFFormatError
+from labkit.errors import GGUFFormatError, OutputPathError
 from labkit.gguf import codec
 from labkit.gguf import constants as C
 from labkit.gguf.metadata import Typed, encode_metadata
@@ -85,6 +85,8 @@ def write(
         The path written.
 
     Raises:
+        OutputPathError: before any work, if ``path`` is a folder or its folder is missing
+            or not writable.
         GGUFFormatError: a name, shape, type or metadata value cannot be written.
         QuantizationError: a tensor cannot be quantized (from ``labkit.quant``).
 
@@ -92,6 +94,7 @@ def write(
         >>> write(tmp / "tiny.gguf", {"w": torch.ones(2, 32)}, {"general.architecture": "demo"})
     """
     path = Path(path)
+    _check_output_path(path)
     sources = _as_sources(tensors)
     _check_alignment(alignment, metadata)
     if alignment != C.DEFAULT_ALIGNMENT and "general.alignment" not in metadata:
@@ -108,6 +111,21 @@ def write(
             bar.update(len(data))
             del data  # let this tensor go before loading the next
     return path
+
+
+def _check_output_path(path: Path) -> None:
+    """Refuse a path the file cannot be renamed to, before any tensor is loaded."""
+    folder = path.parent
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'out.gguf'}")
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"cannot write {path}: {folder} is not a folder; pick another output path")
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write {path}: the folder {folder} does not exist; "
+                              f"create it first (mkdir -p {folder}) or pick another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {path}: the folder {folder} is not writable; "
+                              "pick an output path in a folder you can write to")
 
 
 def _as_sources(tensors: Mapping[str, torch.Tensor] | Iterable[TensorSource]) -> list[TensorSource]:
