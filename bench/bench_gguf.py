@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import psutil
+
+from _common import machine, other_cpu_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,23 +51,6 @@ NOTES = """Notes:
   side also pays for opening the file and for its page faults.
 - On a busy machine these numbers swing a lot (see the ranges); the ratios come from
   alternating runs in one process and are the numbers to compare."""
-
-
-def other_cpu_share(work: Callable[[], object]) -> tuple[object, float]:
-    """Run ``work``; return (its result, share of all CPUs that other processes used meanwhile)."""
-    me = psutil.Process()
-    own_before, busy_before = me.cpu_times(), psutil.cpu_times()
-    start = time.perf_counter()
-    result = work()
-    wall_s = time.perf_counter() - start
-    own_after, busy_after = me.cpu_times(), psutil.cpu_times()
-
-    def busy(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-    own_s = sum(own_after[:4]) - sum(own_before[:4])  # user, system, children user, children system
-    others_s = busy(busy_after) - busy(busy_before) - own_s
-    return result, max(0.0, others_s / (wall_s * psutil.cpu_count()))
 
 
 # --- 1. opening, one fresh process per measurement ---------------------------------------------------
@@ -194,12 +177,6 @@ def render(open_rows: list[dict[str, object]], read_rows: list[dict[str, object]
     verdicts.append(f"tensor bytes: {ratio:.0%} of a plain read ({'met' if ratio >= 0.8 else 'missed'}, "
                     "target >= 80%)")
     return "\n".join([*lines, "", "Targets: " + "; ".join(verdicts) + "."])
-
-
-def machine() -> str:
-    memory_gib = psutil.virtual_memory().total / (1 << 30)
-    return (f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, {memory_gib:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
 def main() -> None:

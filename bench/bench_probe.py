@@ -16,40 +16,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
-import psutil
+from _common import machine, other_cpu_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labkit import pagecache, probe  # noqa: E402
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.md"
-
-
-def other_cpu_share(work: Callable[[], float]) -> tuple[float, float]:
-    """Run ``work`` and return (its result, share of all CPUs used by other processes)."""
-    me = psutil.Process()
-    own_before, busy_before = me.cpu_times(), psutil.cpu_times()
-    start = time.perf_counter()
-    result = work()
-    wall_s = time.perf_counter() - start
-    own_after, busy_after = me.cpu_times(), psutil.cpu_times()
-
-    def busy(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-    own_s = sum(own_after[:4]) - sum(own_before[:4])
-    others_s = busy(busy_after) - busy(busy_before) - own_s
-    return result, max(0.0, others_s / (wall_s * psutil.cpu_count()))
 
 
 def dd_gb_per_s(path: Path) -> float:
@@ -102,9 +82,7 @@ def markdown(rows: list[dict[str, object]], size_bytes: int, rounds: int) -> str
     verdict = "met" if worst >= 0.9 else "NOT met"
     head = [
         "# Probe benchmark: warm read vs dd", "",
-        f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
-        f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-        f"{platform.platform()}; Python {platform.python_version()}.",
+        f"- Date: {datetime.date.today().isoformat()}; machine: {machine()}.",
         f"- File: {size_bytes / MiB:.0f} MiB in the system temp folder, in the page cache "
         f"(mincore: {resident if resident is None else f'{resident:.0%}'} resident at the end).",
         f"- {rounds} alternating rounds; each probe sample is `measure_warm_read(repeats=1)` "

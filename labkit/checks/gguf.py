@@ -13,21 +13,13 @@ with the first case it gets wrong. The header is, little-endian::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from labkit.checks import CheckResult
+
 HEADER_FIELDS = ("magic", "version", "n_tensors", "n_kv")
 _HEADER = struct.Struct("<4sIQQ")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """A passed check: how many cases it ran, and what was checked."""
-
-    passed: bool
-    n_cases: int
-    message: str
 
 
 def crafted_header(version: int, n_tensors: int, n_kv: int, magic: bytes = b"GGUF", tail: bytes = b"") -> bytes:

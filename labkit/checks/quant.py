@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from labkit.checks import CheckResult
 from labkit.quant import quantize
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """A passed check: how many cases it ran, and what was checked."""
-
-    passed: bool
-    n_cases: int
-    message: str
 
 
 def q8_0_cases(seed: int = 0) -> list[tuple[str, torch.Tensor]]:

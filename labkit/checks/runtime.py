@@ -8,22 +8,13 @@ factor 2 for K *and* V, a missing ``head_count_kv`` key, which means "same as ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from labkit.checks import CheckResult
 from labkit.kvcache import kv_cache_size_bytes
 
 KV_KEYS = ("llama.block_count", "llama.embedding_length", "llama.attention.head_count",
            "llama.attention.head_count_kv")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """A passed check: how many cases it ran, and what was checked."""
-
-    passed: bool
-    n_cases: int
-    message: str
 
 
 def expected_kv_bytes(metadata: Mapping[str, Any], context_length: int, batch: int, bytes_per_element: int) -> int:

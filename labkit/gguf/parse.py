@@ -87,6 +87,10 @@ class ParsedHeader:
 
 
 def fail(offset: int, field: str, problem: str) -> GGUFFormatError:
+    """Build (not raise) the error for a bad field: ``byte 8 (header.tensor_count): <problem>``.
+
+    Callers write ``raise fail(...)``, so the raise stays visible where the check is.
+    """
     return GGUFFormatError(f"byte {offset} ({field}): {problem}")
 
 

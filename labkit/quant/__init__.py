@@ -14,6 +14,7 @@ Modules, in reading order:
 - ``search``    the K-quant scale searches (``make_qkx2_quants`` and friends)
 - ``kquants``   Q2_K ... Q6_K super-blocks of 256 weights
 - ``metrics``   MSE, max error, SNR, bits per weight
+- ``tradeoff``  what each type saves and costs on a real model (error sweep, load-path timing)
 - ``reference`` llama.cpp's own quantizer via ctypes, to cross-check (optional)
 
 Reference: ggml ``src/ggml-quants.c`` and ``src/ggml-common.h`` as vendored

@@ -23,6 +23,7 @@ def quantize_f32(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def dequantize_f32(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    """F32: each 4-byte group back to its float32."""
     out.copy_(blocks.view(torch.float32))
 
 
@@ -32,6 +33,7 @@ def quantize_f16(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def dequantize_f16(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    """F16: each 2-byte IEEE half widened to float32 (exact: every half is a float32)."""
     out.copy_(blocks.view(torch.float16))
 
 
@@ -41,4 +43,5 @@ def quantize_bf16(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def dequantize_bf16(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    """BF16: each 2-byte bfloat16 widened to float32 (exact: the 16 low mantissa bits become 0)."""
     out.copy_(blocks.view(torch.bfloat16))

@@ -7,7 +7,8 @@
 Clicking a bar of the map (a ``plotly.graph_objects.FigureWidget``) or choosing a
 name in the dropdown calls ``show``, which fills the panel with
 ``labkit.figures.gguf.region_details``: the region's bytes and, for a tensor, its
-info and first block decoded.
+info and first block decoded. ``show`` also sets the dropdown to the tensor shown
+(or to no tensor, for the header, metadata and padding regions).
 """
 
 from __future__ import annotations
@@ -40,26 +41,37 @@ class LayoutExplorer:
             trace.on_click(self._on_click)
         self.picker = widgets.Dropdown(options=list(self._by_name), description="tensor",
                                        layout=widgets.Layout(width="420px"))
+        self._setting_picker = False  # True while show() sets the dropdown: no second redraw
         self.picker.observe(self._on_pick, names="value")
         self.details = widgets.HTML()
         self.widget = widgets.VBox([self.figure, self.picker, self.details])
 
     def show(self, region: int | str) -> str:
-        """Fill the details panel with one region (an index into ``regions`` or a tensor name).
+        """Fill the details panel with one region (an index into ``regions`` or a tensor name),
+        and set the dropdown to it.
 
         Returns:
             The HTML shown, so that a notebook can check it without events.
         """
         index = self._by_name[region] if isinstance(region, str) else int(region)
-        self.details.value = region_details(self.file, self.regions[index])
+        shown = self.regions[index]
+        self.details.value = region_details(self.file, shown)
+        self._set_picker(shown.name if shown.kind == "tensor" else None)
         return self.details.value
+
+    def _set_picker(self, name: str | None) -> None:
+        self._setting_picker = True
+        try:
+            self.picker.value = name
+        finally:
+            self._setting_picker = False
 
     def _on_click(self, trace: Any, points: Any, selector: Any) -> None:
         if points.point_inds:
             self.show(int(trace.customdata[points.point_inds[0]]))
 
     def _on_pick(self, change: dict) -> None:
-        if change["new"]:
+        if change["new"] and not self._setting_picker:
             self.show(change["new"])
 
 

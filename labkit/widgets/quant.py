@@ -7,6 +7,7 @@
 Choosing a type or a tensor calls ``show``: it quantizes (a row sample of) the
 tensor to the type, decodes it again, and redraws the histogram of the error
 and the numbers of ``labkit.quant.error_metrics`` -- all measured on the spot.
+``show`` also sets the two dropdowns, so they always name what is drawn.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from labkit.figures.quant import as_rows, error_histogram, stats_table
+from labkit.figures.quant import error_histogram, stats_table
 from labkit.formats import FORMATS
 from labkit.quant import QUANT_TYPES, dequantize, error_metrics, quantize
+from labkit.quant.tradeoff import as_rows
 
 MAX_ROWS = 256  # rows of a tensor quantized per redraw, so a K-quant redraw stays well under a second
 
@@ -35,17 +37,20 @@ class ErrorExplorer:
 
     def __init__(self, f: Any, tensor_names: list[str]) -> None:
         self.file = f
-        self.figure = go.FigureWidget(error_histogram(*_pair(f, tensor_names[0], "Q8_0"), title=""))
-        self.type_picker = widgets.Dropdown(options=list(QUANT_TYPES[1:]), value="Q4_K", description="type")
-        self.tensor_picker = widgets.Dropdown(options=tensor_names, description="tensor",
+        first_type, first_name = "Q4_K", tensor_names[0]  # what the pickers and the figure start on
+        self.figure = go.FigureWidget(error_histogram(*_pair(f, first_name, first_type), title=""))
+        self.type_picker = widgets.Dropdown(options=list(QUANT_TYPES[1:]), value=first_type, description="type")
+        self.tensor_picker = widgets.Dropdown(options=tensor_names, value=first_name, description="tensor",
                                               layout=widgets.Layout(width="420px"))
+        self._setting_pickers = False  # True while show() sets the dropdowns: no second redraw
         for picker in (self.type_picker, self.tensor_picker):
             picker.observe(self._on_change, names="value")
         self.numbers = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox([self.type_picker, self.tensor_picker]), self.figure, self.numbers])
 
     def show(self, qtype: str, name: str) -> str:
-        """Quantize ``name`` to ``qtype`` and back; redraw the histogram and the numbers.
+        """Quantize ``name`` to ``qtype`` and back; redraw the histogram and the numbers,
+        and set the dropdowns to ``qtype`` and ``name``.
 
         Returns:
             The HTML of the numbers panel.
@@ -60,10 +65,19 @@ class ErrorExplorer:
         self.numbers.value = stats_table(
             stats, note=f"measured on {rows} rows of {FORMATS[qtype].block_size}-weight blocks; the original is "
                         f"the file's {self.file.tensors[name].qtype} weights decoded to float32")
+        self._set_pickers(qtype, name)
         return self.numbers.value
 
+    def _set_pickers(self, qtype: str, name: str) -> None:
+        self._setting_pickers = True
+        try:
+            self.type_picker.value, self.tensor_picker.value = qtype, name
+        finally:
+            self._setting_pickers = False
+
     def _on_change(self, change: dict[str, Any]) -> None:
-        self.show(self.type_picker.value, self.tensor_picker.value)
+        if not self._setting_pickers:
+            self.show(self.type_picker.value, self.tensor_picker.value)
 
 
 def _pair(f: Any, name: str, qtype: str):
