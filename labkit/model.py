@@ -28,13 +28,13 @@ adjacent pairs, as ggml does.
 
 Equal to llama.cpp? On an F32 copy of the default model the logits agree to ~0.01.
 On the Q4_1 file they differ by ~0.15 on average, because llama.cpp's CPU kernels
-round the activations to 8 bits (Q8_1 blocks) before every quantized matmul;
-top-1 tokens then agree except at near-ties (tests/test_model_llama_cpp.py).
+round the activations to 8 bits (Q8_1 blocks) before every quantized matmul; the
+top-1 token is still the same at every position of the test prompt, and on other
+text can differ only at near-ties (tests/test_model_llama_cpp.py).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from labkit.errors import ModelError
 from labkit.kvcache import KVCache
-from labkit.tokenizer import Tokenizer
+from labkit.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
 from labkit.transfers import NullLog, TransferLog
-from labkit.weights import Weights, matmul_layout
+from labkit.weights import Weights
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
@@ -81,7 +81,9 @@ class LlamaConfig:
         arch = metadata.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ModelError(f"general.architecture is {arch!r}; labkit runs only {list(SUPPORTED_ARCHITECTURES)} "
-                             "models (SmolLM2, TinyLlama, Llama 2/3 and their GGUF conversions)")
+                             "GGUF files with a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2', "
+                             f"tokenizer.ggml.pre one of {sorted(PRE_TOKENIZER_REGEXES)}), such as SmolLM2 "
+                             "and labkit's synthetic llamas")
 
         def need(key: str) -> Any:
             if f"llama.{key}" not in metadata:
@@ -248,11 +250,15 @@ class Model:
         Returns:
             Float32 logits ``(B, T, vocab)`` on the host.
         Raises:
-            ModelError: the cache plus ``T`` would pass the context length.
+            ModelError: an id outside the vocabulary, or the cache plus ``T`` would pass the context length.
         """
         c, log = self.config, log if log is not None else NullLog(self.device)
         ids = torch.as_tensor(ids, dtype=torch.long)
         ids = ids[None] if ids.dim() == 1 else ids  # (B, T)
+        outside = ids[(ids < 0) | (ids >= c.vocab_size)]
+        if outside.numel():  # a negative id would silently read a row from the end of token_embd
+            raise ModelError(f"token id {int(outside[0])} is outside the vocabulary: ids run from 0 to "
+                             f"{c.vocab_size - 1} (vocab size {c.vocab_size})")
         past = cache.length if cache is not None else 0
         if past + ids.shape[1] > c.context_length:
             raise ModelError(f"{past} cached + {ids.shape[1]} new tokens exceed the context length "
@@ -319,6 +325,9 @@ class Model:
     def prompt_ids(self, prompt: str | Sequence[int], *, chat: bool = False) -> list[int]:
         """Token ids of a prompt: a string (chat-formatted with the file's template when ``chat``) or ids."""
         if not isinstance(prompt, str):
+            if chat:
+                raise ModelError("chat=True needs the prompt as text (the template formats text); "
+                                 "these are token ids: pass the text, or chat=False")
             return [int(i) for i in prompt]
         if chat:
             prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
@@ -326,11 +335,19 @@ class Model:
 
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int, temperature: float = 0.0,
                seed: int | None = None, *, chat: bool = False, stop_at_end: bool = True) -> Iterator[int]:
-        """Yield new token ids one at a time (see ``generate``)."""
+        """Yield new token ids one at a time (see ``generate``; bad arguments raise at once, not when iterated)."""
+        if max_new_tokens < 0:
+            raise ModelError(f"max_new_tokens={max_new_tokens}; ask for 0 or more new tokens")
+        if not temperature >= 0:  # also catches NaN
+            raise ModelError(f"temperature={temperature}; use 0 for greedy decoding or a positive value to sample")
         ids = self.prompt_ids(prompt, chat=chat)
         if not ids or len(ids) + max_new_tokens > self.config.context_length:
             raise ModelError(f"the prompt has {len(ids)} tokens and {max_new_tokens} new ones were asked for; "
                              f"together they must be between 1 and the context length {self.config.context_length}")
+        return self._decode(ids, max_new_tokens, temperature, seed, stop_at_end)
+
+    def _decode(self, ids: list[int], max_new_tokens: int, temperature: float, seed: int | None,
+                stop_at_end: bool) -> Iterator[int]:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         cache = self.new_cache()
         logits = self.forward(ids, cache)[0, -1]  # (vocab,)
@@ -357,23 +374,11 @@ class Model:
             chat: wrap a text prompt in the file's chat template as one user message.
             stop_at_end: stop after an end-of-generation token (it is included in the result).
         Raises:
-            ModelError: prompt plus ``max_new_tokens`` would not fit the context (no silent truncation).
+            ModelError: prompt plus ``max_new_tokens`` would not fit the context (no silent truncation),
+                ``max_new_tokens`` or ``temperature`` is negative, an id is outside the vocabulary,
+                or ``chat=True`` with a prompt given as ids.
         """
         return list(self.stream(prompt, max_new_tokens, temperature, seed, chat=chat, stop_at_end=stop_at_end))
-
-    def requantized(self, qtype: str) -> "Model":
-        """A copy whose weight matrices went through ``qtype`` and back, in memory (quantize, then dequantize).
-
-        To see what a smaller type costs in quality without writing a file. Needs ``weights="dequantized"``.
-        """
-        from labkit.quant import dequantize, quantize
-
-        if self.weights.packed:
-            raise ModelError("requantized() needs a model loaded with weights='dequantized'")
-        store = copy.copy(self.weights)  # a stacked matrix quantizes as its parts would: blocks never span rows
-        store.dense = {name: matmul_layout(dequantize(quantize(t, qtype, name=name), qtype, t.shape).to(t.dtype))
-                       if t.dim() == 2 else t for name, t in self.weights.dense.items()}
-        return Model(self.config, self.tokenizer, store)
 
     def perplexity(self, text: str) -> PerplexityResult:
         """Perplexity of ``text``: ``exp`` of the mean negative log-likelihood of each next token.

@@ -16,9 +16,10 @@ Honesty rules every number here follows:
 - ``kind`` says where a number comes from: ``"measured"`` here, ``"quoted"`` from a source, or
   ``"modelled"`` from measured and quoted numbers (the formula is in ``method``).
 
-Units: GB/s = 10^9 bytes/s; ``moved_bytes`` counts the bytes copied once (a copy reads and
-writes, so memory traffic is about twice that). Inspired by the template of
-pytorch/tutorials ``intermediate_source/pinmem_nonblock.py``: one timing helper, one table.
+Units: GB/s = 10^9 bytes/s; ``moved_bytes`` counts each byte once: copied once (a copy reads
+and writes, so memory traffic is about twice that), or read once (the ``sum()`` rows, which
+write nothing). Inspired by the template of pytorch/tutorials
+``intermediate_source/pinmem_nonblock.py``: one timing helper, one table.
 """
 
 from __future__ import annotations
@@ -324,6 +325,46 @@ def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list
     return rows
 
 
+def measure_ram_read(size_bytes: int, repeats: int) -> list[TierRecord]:
+    """Time a torch ``sum()`` over a pre-faulted float32 buffer: RAM *read* bandwidth, at 1 and all threads.
+
+    A sum reads every byte once and writes almost nothing, as a matrix-vector product does with
+    its weights, so this is the bandwidth that bounds decoding speed (notebook 05,
+    ``bench/bench_runtime.py``). A copy (``copy_`` rows) reads *and* writes each byte instead.
+
+    Args:
+        size_bytes: buffer size; rounded down to whole float32 numbers (at least 4 bytes).
+            Make it far larger than the CPU's last-level cache, or the cache is measured.
+        repeats: timed runs behind each median (one more warm-up run is reported apart).
+
+    Returns:
+        Two ``TierRecord`` rows, kind "measured", tier "RAM": "sum() read, 1 thread", then
+        "sum() read, N threads" for torch's current thread count N (one row when N is 1).
+
+    Raises:
+        ProbeError: ``size_bytes`` holds no float32 number, or ``repeats`` is below 1.
+    """
+    if size_bytes < 4:
+        raise ProbeError(f"size_bytes={size_bytes} holds no float32 number; pass at least 4 "
+                         "(far more than the CPU cache, e.g. 256 MiB = 268435456)")
+    if repeats < 1:
+        raise ProbeError(f"repeats={repeats} must be at least 1")
+    buffer = torch.ones(size_bytes // 4)  # float32; ones() touches, so faults in, every page
+    moved_bytes = buffer.numel() * buffer.element_size()
+    rows = []
+    all_threads = torch.get_num_threads()
+    for threads in sorted({1, all_threads}):
+        torch.set_num_threads(threads)
+        try:
+            times = time_runs(buffer.sum, repeats + 1)
+        finally:
+            torch.set_num_threads(all_threads)
+        label = "thread" if threads == 1 else "threads"
+        rows.append(measured_record("RAM", f"sum() read, {threads} {label}", moved_bytes, times,
+                                    "torch sum() over a pre-faulted float32 buffer (reads each byte once)"))
+    return rows
+
+
 def cuda_cases(pageable: torch.Tensor, pinned: torch.Tensor, device_a: torch.Tensor,
                device_b: torch.Tensor) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
     """Return the CUDA copies to time as (tier, operation, destination, source)."""
@@ -398,7 +439,7 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
         raise ProbeError(f"cold_method={cold_method!r} must be 'auto', 'fadvise' or 'direct'")
     folder = _check_request(size_bytes, block_bytes, tmp_dir, repeats, cuda)
     use_cuda = torch.cuda.is_available() if cuda is None else cuda
-    bar = _progress_bar(progress, 5 if use_cuda else 4)
+    bar = _progress_bar(progress, 6 if use_cuda else 5)
     handle, name = tempfile.mkstemp(prefix="labkit-probe-", suffix=".bin", dir=folder)
     os.close(handle)
     path = Path(name)
@@ -412,6 +453,7 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
             lambda: measure_cold_read(path, block_bytes, repeats, cold_method),
             lambda: [measure_warm_read(path, block_bytes, repeats)],
             lambda: measure_ram(size_bytes, repeats, path),
+            lambda: measure_ram_read(size_bytes, repeats),
         ]
         if use_cuda:
             steps.append(lambda: measure_cuda(size_bytes, repeats))
@@ -429,7 +471,7 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
 def _assemble(measured: list[TierRecord], size_bytes: int, block_bytes: int,
               use_cuda: bool) -> ProbeReport:
     extra = quoted_records()
-    notes = ["GB/s = 10^9 bytes per second; moved_bytes counts each byte copied once.",
+    notes = ["GB/s = 10^9 bytes per second; moved_bytes counts each byte copied (or, for sum(), read) once.",
              "Headline = median of the runs after the first; the first (warm-up) run is "
              "reported apart because fresh memory on a VM can be 10x slower to touch.",
              "'cold' means: not in this OS's page cache (a VM host may still cache the file)."]

@@ -77,8 +77,8 @@ class Tokenizer:
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
             raise ModelError(
-                f"tokenizer.ggml.model is {model!r}; labkit supports only 'gpt2' (byte-level BPE, "
-                "used by SmolLM2, Llama 3, Qwen...). SentencePiece ('llama') vocabularies are not supported."
+                f"tokenizer.ggml.model is {model!r}; labkit supports only 'gpt2' (byte-level BPE, as in "
+                "SmolLM2). SentencePiece ('llama') vocabularies are not supported."
             )
         pre = str(metadata.get("tokenizer.ggml.pre", "default"))
         if pre not in PRE_TOKENIZER_REGEXES:
@@ -111,8 +111,17 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
-        """Token ids -> text (control tokens dropped unless ``skip_special=False``)."""
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        """Token ids -> text (control tokens dropped unless ``skip_special=False``).
+
+        Raises:
+            ModelError: an id outside the vocabulary (``0 .. vocab_size - 1``).
+        """
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ModelError(f"token id {bad} is outside the vocabulary: ids run from 0 to "
+                             f"{self.vocab_size - 1} (vocab size {self.vocab_size})")
+        return self._backend.decode(ids, skip_special_tokens=skip_special)
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
         """Format a chat with the file's own jinja2 template, rendered in a sandbox.

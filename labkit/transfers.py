@@ -7,24 +7,35 @@ While a model runs, five kinds of data move (the article's "runtime I/O"):
                             weights read per layer ┘    └► KV cache written, whole cache read back
 
 ``Model.forward(ids, cache, log=TransferLog(...))`` fills a ``TransferLog`` with
-one ``Transfer`` record per hop. Sizes are exact: they are the ``nbytes`` of the
-tensors that really moved. *Times* are different:
+one ``Transfer`` record per hop. Each record says separately how its size and its
+time are known:
 
-- on a CUDA device, the host<->device hops (ids in, logits out) are timed with
-  CUDA events and labelled ``"measured"``;
-- everything else (weights streaming from RAM/VRAM into the cores, KV reads) is
-  counted, not timed, and labelled ``"modelled"``: the bytes are real but no
-  clock was read for them.
-On a CPU nothing crosses a bus to a device, so every record is ``"modelled"``.
+- ``size_basis`` is always ``"counted"``: the size is exact, the ``nbytes`` of
+  the tensors that really moved (or the bytes of the weights a block reads);
+- ``time_basis`` is ``"measured"`` only for the host<->device hops on a CUDA
+  device (ids in, logits out), timed with CUDA events; everything else (weights
+  streaming from RAM/VRAM into the cores, KV reads) has no clock read for it and
+  is ``"modelled"``: its time can only be estimated, as bytes / bandwidth.
+On a CPU nothing crosses a bus to a device, so every time is ``"modelled"``.
+
+``time_decode(model, ids, n_tokens)`` measures what all those hops add up to:
+greedy decoding speed in tokens per second, beside the weight bytes one token
+reads, from which the memory-bandwidth bound follows.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
+
+from labkit.errors import ModelError
+
+if TYPE_CHECKING:  # only for the type hint: labkit.model imports this module
+    from labkit.model import Model
 
 # The hop names, in the order a token meets them.
 HOPS = (
@@ -49,8 +60,9 @@ class Transfer:
         layer: the transformer block, or ``None`` for hops outside the blocks.
         source, destination: where the bytes came from and went, e.g. ``"host RAM"``, ``"VRAM"``, ``"cores"``.
         size_bytes: exact size of the tensor that moved.
-        basis: ``"measured"`` (timed with CUDA events) or ``"modelled"`` (counted, not timed).
-        elapsed_s: the measured time, only when ``basis == "measured"``.
+        time_basis: ``"measured"`` (timed with CUDA events) or ``"modelled"`` (no clock read).
+        elapsed_s: the measured time, only when ``time_basis == "measured"``.
+        size_basis: ``"counted"``: sizes are always exact byte counts, never estimates.
     """
 
     step: int
@@ -59,8 +71,9 @@ class Transfer:
     source: str
     destination: str
     size_bytes: int
-    basis: str
+    time_basis: str
     elapsed_s: float | None = None
+    size_basis: str = "counted"
 
 
 @dataclass
@@ -82,22 +95,24 @@ class TransferLog:
 
     def add(self, hop: str, tensor: torch.Tensor | int, *, layer: int | None = None,
             source: str | None = None, destination: str = "cores") -> None:
-        """Record a modelled hop of ``tensor`` (or of a byte count)."""
+        """Record a hop of ``tensor`` (or of a byte count): size counted, time not measured."""
         size_bytes = tensor if isinstance(tensor, int) else tensor.numel() * tensor.element_size()
         self.records.append(Transfer(self.step, hop, layer, source or self.memory, destination, size_bytes, "modelled"))
 
     def to_device(self, tensor: torch.Tensor, hop: str) -> torch.Tensor:
         """Copy a host tensor to the compute device, timing the copy when it crosses to a GPU."""
         moved, elapsed_s = _copy(tensor, self.device)
-        basis = "measured" if elapsed_s is not None else "modelled"
-        self.records.append(Transfer(self.step, hop, None, "host RAM", self.memory, _nbytes(tensor), basis, elapsed_s))
+        time_basis = "measured" if elapsed_s is not None else "modelled"
+        self.records.append(Transfer(self.step, hop, None, "host RAM", self.memory, _nbytes(tensor), time_basis,
+                                     elapsed_s))
         return moved
 
     def to_host(self, tensor: torch.Tensor, hop: str) -> torch.Tensor:
         """Copy a result back to host RAM, timing the copy when it comes from a GPU."""
         moved, elapsed_s = _copy(tensor, torch.device("cpu"))
-        basis = "measured" if elapsed_s is not None else "modelled"
-        self.records.append(Transfer(self.step, hop, None, self.memory, "host RAM", _nbytes(tensor), basis, elapsed_s))
+        time_basis = "measured" if elapsed_s is not None else "modelled"
+        self.records.append(Transfer(self.step, hop, None, self.memory, "host RAM", _nbytes(tensor), time_basis,
+                                     elapsed_s))
         return moved
 
     def next_step(self) -> None:
@@ -150,3 +165,57 @@ def bytes_per_step(records: Iterable[Transfer]) -> dict[int, int]:
     for record in records:
         totals[record.step] += record.size_bytes
     return dict(sorted(totals.items()))
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """How fast a model decoded (measured), beside the weight bytes each token read (counted).
+
+    Attributes:
+        n_tokens: decode steps timed, at batch 1 (after the prompt and one untimed warm-up step).
+        elapsed_s: wall time of those steps (measured).
+        weight_bytes_per_token: bytes of resident weights one step reads (counted).
+    """
+
+    n_tokens: int
+    elapsed_s: float
+    weight_bytes_per_token: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed (measured): ``n_tokens / elapsed_s``."""
+        return self.n_tokens / self.elapsed_s
+
+    def bound_tokens_per_s(self, read_gb_per_s: float) -> float:
+        """The memory-bandwidth bound (modelled): ``read_gb_per_s`` / weight bytes per token.
+
+        Args:
+            read_gb_per_s: RAM read bandwidth, e.g. a ``labkit.probe.measure_ram_read`` row's ``gb_per_s``.
+        """
+        return read_gb_per_s * 1e9 / self.weight_bytes_per_token
+
+
+def time_decode(model: Model, prompt_ids: Sequence[int], n_tokens: int) -> DecodeTiming:
+    """Time ``n_tokens`` greedy decode steps at batch 1 with a KV cache.
+
+    The prompt and one more step (allocations, thread start-up) run first, untimed; then each
+    timed step feeds the previous step's most likely token back in, as ``Model.generate`` does.
+
+    Args:
+        model: a loaded ``labkit.model.Model``.
+        prompt_ids: the prompt's token ids.
+        n_tokens: decode steps to time.
+    Returns:
+        A ``DecodeTiming``.
+    Raises:
+        ModelError: ``n_tokens`` is below 1, or the prompt plus ``n_tokens + 1`` steps pass the context.
+    """
+    if n_tokens < 1:
+        raise ModelError(f"n_tokens={n_tokens}; time at least 1 decode step")
+    cache = model.new_cache()
+    token = int(model.forward(prompt_ids, cache)[0, -1].argmax())
+    token = int(model.forward([token], cache)[0, -1].argmax())  # warm-up step, not timed
+    start_s = time.perf_counter()
+    for _ in range(n_tokens):
+        token = int(model.forward([token], cache)[0, -1].argmax())
+    return DecodeTiming(n_tokens, time.perf_counter() - start_s, model.weight_bytes_per_token)

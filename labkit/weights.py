@@ -19,23 +19,29 @@ Two load-time changes make batch-1 decoding faster without changing the math:
    one ``dequantize`` call covers them.
 2. **Memory order.** Decoding multiplies each matrix by one vector, so speed is
    how fast the matrix streams from RAM, and that depends on its memory order.
-   torch hands float32 products to MKL; on this lab's AMD EPYC machine MKL streams
-   a matrix stored column by column (``w.T.contiguous().T``: same ``(out, in)``
-   shape, transposed memory) up to 2x faster when it has at least as many rows as
-   columns (the tied head: 12 -> 22 GB/s), and row by row when it is wide
-   (``ffn_down``, 1536 columns). On a Xeon both orders measured within 5%.
-   bfloat16/float16 products go to oneDNN, which prefers rows everywhere. On a GPU
-   the matrices keep the file's row order.
-   (Measurements: bench/results/runtime.md.)
+   torch hands float32 products to MKL. While this module was written, on the lab's
+   AMD EPYC machine (2 threads), MKL streamed a matrix stored column by column
+   (``w.T.contiguous().T``: same ``(out, in)`` shape, transposed memory) up to 2x
+   faster when it has at least as many rows as columns (the tied head: about 12 ->
+   22 GB/s), and row by row when it is wide (``ffn_down``, 1536 columns); on an
+   Intel Xeon (a GPU machine's host) both orders measured within 5%. Those were
+   development measurements; ``bench/bench_runtime.py`` measures every matrix shape
+   of the default model in both orders again on each run and writes the table to
+   ``bench/results/runtime.md``. bfloat16/float16 products go to oneDNN, which
+   prefers rows everywhere. On a GPU the matrices keep the file's row order.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import torch
 
 from labkit.formats import FORMATS
+
+# Float32 bytes decoded at once when the weights are kept narrower (bfloat16/float16): see dequantize_rows.
+SLAB_FLOAT32_BYTES = 16 << 20
 
 # Matrices stored as one: the fused name, then its parts in the order their rows are stacked.
 FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
@@ -49,6 +55,44 @@ def matmul_layout(matrix: torch.Tensor) -> torch.Tensor:
     if matrix.device.type == "cpu" and matrix.dtype == torch.float32 and n_out >= n_in:
         return matrix.T.contiguous().T  # same (out, in) shape, column-major memory
     return matrix.contiguous()
+
+
+def dequantize_rows(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype, *,
+                    name: str = "") -> torch.Tensor:
+    """A quantized matrix's bytes as ``dtype`` floats of ``shape`` ``(n_rows, n_cols)``.
+
+    ``labkit.quant.dequantize`` returns float32. For a narrower ``dtype`` the rows are decoded a slab
+    (``SLAB_FLOAT32_BYTES`` of float32) at a time into the result, so no float32 copy of the whole
+    matrix is ever held: for the tied head of the default model that copy alone would be 113 MB.
+
+    Args:
+        raw: the matrix's bytes (1-D uint8; rows of whole blocks).
+        qtype: its ggml type (``"Q4_1"``, ...).
+        shape: ``(n_rows, n_cols)``.
+        dtype: the float dtype to return.
+        name: the tensor's name, for error messages.
+    """
+    from labkit.quant import dequantize
+
+    if dtype == torch.float32:
+        return dequantize(raw, qtype, shape, name=name)
+    n_rows, n_cols = shape
+    rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
+    out = torch.empty(shape, dtype=dtype, device=raw.device)
+    step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+    for start in range(0, n_rows, step):
+        slab = rows[start:start + step]  # (<= step, bytes per row)
+        out[start:start + step] = dequantize(slab, qtype, (slab.shape[0], n_cols), name=name).to(dtype)
+    return out
+
+
+def _decode(gguf_file: Any, name: str, qtype: str, dtype: torch.dtype) -> torch.Tensor:
+    """A file matrix as ``dtype`` floats, without a float32 copy of the whole of it when ``dtype`` is narrower."""
+    if not FORMATS[qtype].quantized:
+        return gguf_file.tensor(name, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the bytes are a read-only view of the mapped file
+        return dequantize_rows(gguf_file.raw(name), qtype, tuple(gguf_file.tensors[name].shape), dtype, name=name)
 
 
 class Weights:
@@ -81,16 +125,14 @@ class Weights:
             elif len(infos[0].shape) == 1:
                 self.dense[name] = gguf_file.tensor(name).to(device=device, dtype=torch.float32)  # norms stay float32
             else:
-                floats = [gguf_file.tensor(part).to(device=device, dtype=dtype) for part in parts]
+                floats = [_decode(gguf_file, part, info.qtype, dtype).to(device) for part, info in zip(parts, infos)]
                 self.dense[name] = matmul_layout(torch.cat(floats) if len(floats) > 1 else floats[0])
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor as floats: stored, or dequantized now from its packed bytes."""
         if name in self.dense:
             return self.dense[name]
-        from labkit.quant import dequantize
-
-        floats = [dequantize(raw, qtype, shape, name=name).to(self.dtype) for raw, qtype, shape in self.packed[name]]
+        floats = [dequantize_rows(raw, qtype, shape, self.dtype, name=name) for raw, qtype, shape in self.packed[name]]
         return torch.cat(floats) if len(floats) > 1 else floats[0]
 
     def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ For each weight mode (dequantized, quantized) and dtype (float32, bfloat16) it l
 the GPU, checks the logits against the CPU run (max abs difference, top-1 agreement), generates
 ``--tokens`` tokens greedily with a ``TransferLog``, and reports per hop: bytes per token, and for the
 hops that cross the PCIe bus (input ids in, logits out) the time measured with CUDA events.
-Hops inside the GPU (weights read from VRAM, KV cache) are counted, not timed ("modelled").
+Every hop's bytes are counted exactly (``size_basis`` "counted"); hops inside the GPU (weights read
+from VRAM, KV cache) are not timed (``time_basis`` "modelled").
 
 Without ``--model`` it uses the default model when it is installed; otherwise it writes a synthetic
 llama of SmolLM2-135M's shape (30 blocks, width 576, random Q4_1 weights: the text is noise, the
@@ -66,7 +67,7 @@ def run_one(path: Path, weights: str, dtype: torch.dtype, ids: list[int], refere
     decode = [r for r in log.records if r.step >= first_timed]
     measured = {}
     for hop in ("input ids in", "logits out"):
-        rows = [r for r in decode if r.hop == hop and r.basis == "measured"]
+        rows = [r for r in decode if r.hop == hop and r.time_basis == "measured"]
         median_s = statistics.median(r.elapsed_s for r in rows)
         measured[hop] = {"size_bytes": rows[0].size_bytes, "median_s": median_s,
                          "gb_per_s": rows[0].size_bytes / median_s / 1e9, "n": len(rows),
@@ -80,7 +81,7 @@ def run_one(path: Path, weights: str, dtype: torch.dtype, ids: list[int], refere
         "decode_tokens_per_s": n_tokens / elapsed_s,
         "measured_hops": measured,
         "bytes_per_token_by_hop": per_token,
-        "modelled_hops": sorted({r.hop for r in decode if r.basis == "modelled"}),
+        "modelled_hops": sorted({r.hop for r in decode if r.time_basis == "modelled"}),
         "kv_cache_bytes_at_end": cache.size_bytes,
         "max_memory_allocated_bytes": torch.cuda.max_memory_allocated(),
     }

@@ -14,7 +14,7 @@ from labkit.errors import ModelError
 from labkit.kvcache import KVCache, kv_cache_size_bytes
 from labkit.model import LlamaConfig, lab_text, load, rope, rope_rotations
 from labkit.models import synthetic_llama
-from labkit.transfers import HOPS, TransferLog, bytes_by_hop, bytes_per_step
+from labkit.transfers import HOPS, DecodeTiming, TransferLog, bytes_by_hop, bytes_per_step, time_decode
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,8 @@ def test_transfer_log_accounts_for_every_hop(tiny) -> None:
     tiny.forward(IDS, cache, log=log)
     log.next_step()
     tiny.forward([5], cache, log=log)
-    assert {r.basis for r in log.records} == {"modelled"}  # on a CPU nothing is timed
+    assert {r.time_basis for r in log.records} == {"modelled"}  # on a CPU nothing is timed
+    assert {r.size_basis for r in log.records} == {"counted"}  # sizes are exact everywhere
     assert all(r.elapsed_s is None for r in log.records)
     assert set(bytes_by_hop(log.records)) == set(HOPS) - {"weights dequantized"}
     step1 = [r for r in log.records if r.step == 1]
@@ -182,6 +183,25 @@ def test_quantized_mode_logs_dequantization(tiny_path: Path) -> None:
     assert dequantized[-1].size_bytes == c.vocab_size * c.dim * 4
 
 
+def test_narrow_dtypes_are_decoded_a_slab_of_rows_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit import weights
+    from labkit.quant import dequantize, quantize
+
+    matrix = torch.randn(10, 64, generator=torch.Generator().manual_seed(1))
+    raw = quantize(matrix, "Q4_1").reshape(-1)  # (10 rows x 2 blocks of 20 bytes,)
+    whole = dequantize(raw, "Q4_1", (10, 64))
+    monkeypatch.setattr(weights, "SLAB_FLOAT32_BYTES", 3 * 64 * 4)  # 3 rows per slab: 4 slabs, the last short
+    slabbed = weights.dequantize_rows(raw, "Q4_1", (10, 64), torch.bfloat16)
+    assert slabbed.dtype == torch.bfloat16 and torch.equal(slabbed, whole.to(torch.bfloat16))
+    assert torch.equal(weights.dequantize_rows(raw, "Q4_1", (10, 64), torch.float32), whole)
+
+
+def test_bfloat16_load_equals_float32_weights_rounded(tiny_path: Path, tiny) -> None:
+    half = load(tiny_path, dtype=torch.bfloat16)
+    for name, tensor in half.weights.dense.items():
+        torch.testing.assert_close(tensor, tiny.weights.dense[name].to(tensor.dtype), atol=0, rtol=0)
+
+
 def test_bad_options_and_files_are_clear_errors(tiny_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="weights='packed'"):
         load(tiny_path, weights="packed")
@@ -191,7 +211,8 @@ def test_bad_options_and_files_are_clear_errors(tiny_path: Path, tmp_path: Path)
         metadata = dict(f.metadata)
         tensors = {name: f.tensor(name) for name in f.tensors}
     gguf.write(tmp_path / "gpt2.gguf", tensors, {**metadata, "general.architecture": "gpt2"})
-    with pytest.raises(ModelError, match="'gpt2'.*llama"):
+    with pytest.raises(ModelError, match=r"'gpt2'; labkit runs only \['llama'\] GGUF files with a byte-level BPE "
+                                         r"tokenizer .*'smollm'.*SmolLM2 and labkit's synthetic llamas"):
         load(tmp_path / "gpt2.gguf")
     del tensors["blk.1.ffn_up.weight"]
     gguf.write(tmp_path / "missing.gguf", tensors, metadata)
@@ -204,6 +225,45 @@ def test_missing_metadata_key_is_named() -> None:
         LlamaConfig.from_gguf({"general.architecture": "llama"}, {"token_embd.weight": (10, 4)})
 
 
+@pytest.mark.parametrize("bad_id", [-1, 512, 99999])
+def test_token_ids_outside_the_vocabulary_are_named(tiny, bad_id: int) -> None:
+    message = rf"token id {bad_id} is outside the vocabulary: ids run from 0 to 511 \(vocab size 512\)"
+    with pytest.raises(ModelError, match=message):
+        tiny.forward([5, bad_id, 6])  # a negative id must not read a row from the end of token_embd
+    with pytest.raises(ModelError, match=message):
+        tiny.forward(torch.tensor([[5, 6], [bad_id, 7]]))
+    with pytest.raises(ModelError, match=message):
+        tiny.generate([5, bad_id], 2)
+    assert tiny.logits([0, 511]).shape == (2, 512)  # both ends of the vocabulary are fine
+
+
+def test_bad_generation_arguments_are_errors(tiny) -> None:
+    with pytest.raises(ModelError, match="max_new_tokens=-2; ask for 0 or more"):
+        tiny.generate(IDS, max_new_tokens=-2)
+    with pytest.raises(ModelError, match="temperature=-0.5; use 0 for greedy"):
+        tiny.generate(IDS, 3, temperature=-0.5)
+    with pytest.raises(ModelError, match="temperature=nan"):
+        tiny.generate(IDS, 3, temperature=float("nan"))
+    with pytest.raises(ModelError, match="chat=True needs the prompt as text"):
+        tiny.generate(IDS, 3, chat=True)
+    with pytest.raises(ModelError, match="max_new_tokens=-1"):
+        tiny.stream(IDS, -1)  # raised when called, before the first token is asked for
+    assert tiny.generate(IDS, 0) == []
+
+
+def test_time_decode_measures_steps_and_counts_bytes(tiny) -> None:
+    timing = time_decode(tiny, IDS, 3)
+    assert timing.n_tokens == 3 and timing.elapsed_s > 0
+    assert timing.tokens_per_s == 3 / timing.elapsed_s
+    assert timing.weight_bytes_per_token == tiny.weight_bytes_per_token
+    assert DecodeTiming(4, 2.0, 10**9).tokens_per_s == 2.0
+    assert DecodeTiming(4, 2.0, 10**9).bound_tokens_per_s(25.0) == 25.0  # 25 GB/s / 1 GB per token
+    with pytest.raises(ModelError, match="n_tokens=0; time at least 1"):
+        time_decode(tiny, IDS, 0)
+    with pytest.raises(ModelError, match="context length 64"):
+        time_decode(tiny, [5] * 60, 8)  # prompt + warm-up + 8 steps pass the context
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("weights", ["dequantized", "quantized"])
 def test_cuda_matches_cpu_and_times_the_bus_hops(tiny_path: Path, tiny, weights: str) -> None:
@@ -211,7 +271,7 @@ def test_cuda_matches_cpu_and_times_the_bus_hops(tiny_path: Path, tiny, weights:
     torch.testing.assert_close(gpu.logits(IDS), tiny.logits(IDS), atol=1e-3, rtol=1e-3)
     log = TransferLog(device=torch.device("cuda"))
     gpu.forward(IDS, gpu.new_cache(), log=log)
-    measured = [r for r in log.records if r.basis == "measured"]
+    measured = [r for r in log.records if r.time_basis == "measured"]
     assert {r.hop for r in measured} == {"input ids in", "logits out"}
     assert all(r.elapsed_s is not None and r.elapsed_s > 0 for r in measured)
     assert {r.source for r in log.records if r.hop == "weights read"} == {"VRAM"}

@@ -37,6 +37,11 @@ def test_too_long_a_prompt_is_a_clean_error(tiny_path: Path, capsys: pytest.Capt
     assert "context length 128" in capsys.readouterr().err
 
 
+def test_negative_temperature_is_a_clean_error(tiny_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", str(tiny_path), "hi", "-n", "3", "--temperature", "-1"]) == 2
+    assert "temperature=-1.0; use 0 for greedy" in capsys.readouterr().err
+
+
 def test_perplexity_of_text_and_of_a_file(tiny_path: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["perplexity", str(tiny_path), "hello world, hello model", "--json"]) == 0

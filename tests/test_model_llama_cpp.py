@@ -9,8 +9,10 @@ How close can two correct implementations be? llama.cpp's CPU kernels never mult
 activations by Q4_1 weights: they first round each block of 32 activations to 8-bit integers
 (Q8_1), and its KV cache is float16. labkit multiplies in float32. On an F32 copy of the model the
 two agree to ~0.01 logits; on the Q4_1 file the 8-bit rounding alone moves the logits by ~0.15 on
-average (up to ~1). So where llama.cpp's best token leads the runner-up by less than ``NEAR_TIE``
-logits, either choice is within numerical noise; everywhere else the top-1 token must be the same.
+average (up to ~1). On the fixture's prompt that noise changes no decision: the top-1 token must be
+the same at every position. On other text (the live test), where llama.cpp's best token leads the
+runner-up by less than ``NEAR_TIE`` logits, either choice is within numerical noise; everywhere else
+the top-1 token must be the same there too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from labkit.model import lab_text, load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "llama_cpp" / "smollm2_135m_q4_1.json"
-NEAR_TIE = 0.25  # logits; measured disagreements all had a llama.cpp margin below 0.18
+NEAR_TIE = 0.25  # logits; measured disagreements on other text all had a llama.cpp margin below 0.18
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +65,13 @@ def test_chat_template_renders_the_fixture_prompt(smol, reference: dict) -> None
     assert rendered.endswith(chat["llama_cpp_builtin_prompt"])
 
 
-def test_top1_token_agrees_wherever_llama_cpp_is_not_near_a_tie(smol, reference: dict) -> None:
+def test_top1_token_equals_llama_cpp_at_every_position(smol, reference: dict) -> None:
     prompt = reference["prompt"]
     logits = smol.logits(prompt["ids"])  # (T, vocab)
-    ours = logits.argmax(-1).tolist()
-    clear = [i for i, margin in enumerate(prompt["top1_margin"]) if margin > NEAR_TIE]
-    assert len(clear) >= 0.8 * len(ours)
-    assert [ours[i] for i in clear] == [prompt["top1"][i] for i in clear]
-    agreement = np.mean([a == b for a, b in zip(ours, prompt["top1"])])
-    assert agreement >= 0.9  # measured: 37 of 37 positions on this prompt
+    assert len(prompt["top1"]) == len(prompt["ids"])
+    assert logits.argmax(-1).tolist() == prompt["top1"]  # all 37 positions, near-ties included
     top1_logit = logits.max(-1).values.double()
-    assert (top1_logit - torch.tensor(prompt["top1_logit"])).abs().max() < 1.0
+    assert (top1_logit - torch.tensor(prompt["top1_logit"])).abs().max() < 1.0  # measured: 0.67
 
 
 def test_last_position_logits_are_close(smol, reference: dict) -> None:
@@ -81,7 +79,7 @@ def test_last_position_logits_are_close(smol, reference: dict) -> None:
     last = smol.logits(prompt["ids"])[-1].double()  # (vocab,)
     ids = torch.tensor(prompt["last_top_ids"])
     theirs = torch.tensor(prompt["last_top_logits"], dtype=torch.float64)
-    assert (last[ids] - theirs).abs().max() < 0.75
+    assert (last[ids] - theirs).abs().max() < 0.4  # measured: 0.258
     assert F.cosine_similarity(last[ids], theirs, dim=0) > 0.9999
     their_log_probs = theirs - prompt["last_logsumexp"]
     our_log_probs = last[ids] - torch.logsumexp(last, 0)

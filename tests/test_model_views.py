@@ -60,11 +60,23 @@ def test_journey_table_and_figure_sum_the_records(tiny) -> None:
     log = TransferLog()
     tiny.forward([5, 6, 7], tiny.new_cache(), log=log)
     table = figures.journey_table(log.records)
-    assert table.splitlines()[0].startswith("hop")
+    header = table.splitlines()[0]
+    assert header.startswith("hop") and "bytes (counted)" in header and header.endswith("time")
     weights_line = next(line for line in table.splitlines() if line.startswith("weights read"))
     assert f"{tiny.weight_bytes_per_token:,}" in weights_line and weights_line.endswith("modelled")
     figure = figures.journey_figure(log.records)
     assert sum(figure.data[0].x) == sum(r.size_bytes for r in log.records)
+    assert all(text.endswith("(time modelled)") for text in figure.data[0].text)
+
+
+def test_journey_table_shows_measured_times(tiny) -> None:
+    from dataclasses import replace
+
+    log = TransferLog()
+    tiny.forward([5], log=log)
+    timed = [replace(r, time_basis="measured", elapsed_s=2e-5) if r.hop == "logits out" else r for r in log.records]
+    logits_line = next(line for line in figures.journey_table(timed).splitlines() if line.startswith("logits out"))
+    assert logits_line.endswith("measured, 20 us") and f"{tiny.config.vocab_size * 4:,}" in logits_line
 
 
 def test_kv_explorer_redraws_and_returns_the_size(tiny) -> None:
@@ -81,5 +93,6 @@ def test_kv_explorer_redraws_and_returns_the_size(tiny) -> None:
 def test_speed_and_quality_figures(tmp_path: Path) -> None:
     speed = figures.speed_figure([{"runner": "a", "tokens_per_s": 10.0, "bound_tokens_per_s": 20.0}])
     assert [bar.name for bar in speed.data] == ["measured tokens/s", "bandwidth bound (modelled)"]
-    quality = figures.quality_figure([{"qtype": "Q8_0", "bits_per_weight": 8.5, "perplexity": 30.0}])
+    quality = figures.quality_figure([{"qtype": "Q8_0", "file_bytes": 144_811_072, "perplexity": 30.0}])
     assert list(quality.data[0].text) == ["Q8_0"]
+    assert list(quality.data[0].x) == [144.811072] and "on disk" in quality.layout.xaxis.title.text

@@ -102,6 +102,38 @@ def test_time_runs_uses_the_given_clock() -> None:
     assert times == [0.5, 0.5, 0.5] and len(calls) == 3
 
 
+def test_ram_read_rows_are_measured_sums_at_1_and_all_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = iter([0.5, 0.25, 0.125, 0.2, 0.1, 0.05])  # 1 thread: warm-up, 2 runs; then 2 threads
+    real_time_runs = probe.time_runs
+    monkeypatch.setattr(probe, "time_runs", lambda step, runs: real_time_runs(
+        step, runs, clock=lambda s: (s(), next(fake))[1]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the lab's 2 cores: both rows appear
+    try:
+        rows = probe.measure_ram_read(SMALL + 3, repeats=2)  # rounded down to whole float32 numbers
+        assert torch.get_num_threads() == 2  # the thread count is put back
+    finally:
+        torch.set_num_threads(threads)
+    assert [row.operation for row in rows] == ["sum() read, 1 thread", "sum() read, 2 threads"]
+    for row in rows:
+        assert (row.tier, row.kind, row.source, row.repetitions) == ("RAM", "measured", "", 2)
+        assert row.moved_bytes == SMALL and "sum()" in row.method
+        assert math.isclose(row.gb_per_s, row.moved_bytes / row.elapsed_s / 1e9)
+    assert math.isclose(rows[0].elapsed_s, 0.1875) and math.isclose(rows[1].elapsed_s, 0.075)
+    assert math.isclose(rows[0].gb_per_s, SMALL / 0.1875 / 1e9)
+    assert math.isclose(rows[0].first_run_gb_per_s, SMALL / 0.5 / 1e9)
+    assert math.isclose(rows[1].first_run_gb_per_s, SMALL / 0.2 / 1e9)
+
+
+@pytest.mark.parametrize(("size_bytes", "repeats", "message"), [
+    (3, 2, "size_bytes=3 holds no float32 number"),
+    (SMALL, 0, "repeats=0 must be at least 1"),
+])
+def test_ram_read_refuses_bad_input(size_bytes: int, repeats: int, message: str) -> None:
+    with pytest.raises(ProbeError, match=message):
+        probe.measure_ram_read(size_bytes, repeats)
+
+
 def test_cuda_cases_copy_the_right_way_round_on_cpu_tensors() -> None:
     pageable, pinned = torch.arange(8, dtype=torch.uint8), torch.zeros(8, dtype=torch.uint8)
     device_a, device_b = torch.zeros(8, dtype=torch.uint8), torch.zeros(8, dtype=torch.uint8)
@@ -182,7 +214,7 @@ def test_run_returns_records_from_disk_to_vram(report: probe.ProbeReport) -> Non
     measured = {(r.tier, r.operation) for r in report.of_kind("measured")}
     assert {("disk", "write + fsync (new file)"), ("page cache", "warm read()"),
             ("page cache", "mmap + touch every page"), ("RAM", "copy_, 1 thread"),
-            ("RAM", "first touch of fresh memory")} <= measured
+            ("RAM", "first touch of fresh memory"), ("RAM", "sum() read, 1 thread")} <= measured
     for record in report:
         assert math.isclose(record.gb_per_s, record.moved_bytes / record.elapsed_s / 1e9)
         assert (record.source == "") == (record.kind == "measured")

@@ -101,3 +101,13 @@ def test_unsupported_vocabularies_are_named(metadata: dict) -> None:
         Tokenizer.from_metadata({**metadata, "tokenizer.ggml.model": "llama"})
     with pytest.raises(ModelError, match="'qwen2'.*supports"):
         Tokenizer.from_metadata({**metadata, "tokenizer.ggml.pre": "qwen2"})
+    with pytest.raises(ModelError, match="'llama-bpe'.*supports"):
+        Tokenizer.from_metadata({**metadata, "tokenizer.ggml.pre": "llama-bpe"})
+
+
+@pytest.mark.parametrize("bad_id", [49152, 99999, -1])
+def test_decode_names_an_id_outside_the_vocabulary(tok: Tokenizer, bad_id: int) -> None:
+    with pytest.raises(ModelError, match=rf"token id {bad_id} is outside the vocabulary: ids run from 0 to "
+                                         r"49151 \(vocab size 49152\)"):
+        tok.decode([19556, bad_id])
+    assert tok.decode([19556, 49151]).startswith("Hello")  # the last id is still fine

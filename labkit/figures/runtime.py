@@ -1,10 +1,11 @@
 """Figures and tables for notebook 05: what moves while a model runs.
 
-- ``journey_table(records)``: one token's hops (``labkit.transfers`` records) as text, summed per hop.
-- ``journey_figure(records)``: the same as bars of bytes (log scale), labelled measured/modelled.
+- ``journey_table(records)``: one token's hops (``labkit.transfers`` records) as text, summed per hop:
+  bytes (counted, exact) and time (measured with CUDA events, or modelled: not timed).
+- ``journey_figure(records)``: the same as bars of bytes (log scale), coloured by how the time is known.
 - ``kv_growth_figure(...)``: KV cache bytes against context length, beside the weights' bytes.
 - ``speed_figure(rows)``: measured tokens/s beside the memory-bandwidth bound.
-- ``quality_figure(rows)``: perplexity against bits per weight.
+- ``quality_figure(rows)``: perplexity (measured) against file size (on disk).
 """
 
 from __future__ import annotations
@@ -23,25 +24,25 @@ BASIS_COLORS = {"measured": "#2ca02c", "modelled": "#7f7f7f"}
 
 @dataclass(frozen=True)
 class HopTotal:
-    """All records of one hop in one step, summed."""
+    """All records of one hop in one step, summed (``size_bytes`` counted; ``time_basis`` as in ``Transfer``)."""
 
     hop: str
     n_records: int
     size_bytes: int
     route: str
-    basis: str
+    time_basis: str
     elapsed_s: float | None
 
 
 def hop_totals(records: Iterable[Transfer]) -> list[HopTotal]:
-    """Sum records per hop (in ``HOPS`` order); times are summed only when every record was measured."""
+    """Sum records per hop (in ``HOPS`` order); times are summed only when every record's time was measured."""
     groups: dict[str, list[Transfer]] = defaultdict(list)
     for record in records:
         groups[record.hop].append(record)
     totals = []
     for hop in (h for h in HOPS if h in groups):
         rows = groups[hop]
-        measured = all(r.basis == "measured" for r in rows)
+        measured = all(r.time_basis == "measured" for r in rows)
         totals.append(HopTotal(hop, len(rows), sum(r.size_bytes for r in rows),
                                f"{rows[0].source} -> {rows[0].destination}", "measured" if measured else "modelled",
                                sum(r.elapsed_s or 0.0 for r in rows) if measured else None))
@@ -49,23 +50,24 @@ def hop_totals(records: Iterable[Transfer]) -> list[HopTotal]:
 
 
 def journey_table(records: Iterable[Transfer]) -> str:
-    """A fixed-width table of one step's hops: records, bytes, route, and how the number was obtained."""
-    lines = [f"{'hop':26} {'records':>7} {'bytes':>14}  {'route':26} basis"]
+    """A fixed-width table of one step's hops: records, bytes (counted), route, and how the time is known."""
+    lines = [f"{'hop':26} {'records':>7} {'bytes (counted)':>16}  {'route':26} time"]
     for t in hop_totals(records):
-        time_text = f", {t.elapsed_s * 1e6:.0f} us" if t.elapsed_s is not None else ""
-        lines.append(f"{t.hop:26} {t.n_records:>7} {t.size_bytes:>14,}  {t.route:26} {t.basis}{time_text}")
+        time_text = f"measured, {t.elapsed_s * 1e6:.0f} us" if t.elapsed_s is not None else t.time_basis
+        lines.append(f"{t.hop:26} {t.n_records:>7} {t.size_bytes:>16,}  {t.route:26} {time_text}")
     return "\n".join(lines)
 
 
-def journey_figure(records: Iterable[Transfer], *, title: str = "One token's journey: bytes per hop") -> go.Figure:
-    """Horizontal bars of bytes per hop (log scale), coloured by measured/modelled."""
+def journey_figure(records: Iterable[Transfer], *,
+                   title: str = "One token's journey: bytes per hop (counted)") -> go.Figure:
+    """Horizontal bars of bytes per hop (log scale), coloured by whether the hop's time was measured."""
     totals = hop_totals(records)[::-1]  # first hop on top
     figure = go.Figure(go.Bar(
         x=[t.size_bytes for t in totals], y=[t.hop for t in totals], orientation="h",
-        marker_color=[BASIS_COLORS[t.basis] for t in totals],
-        text=[f"{_size_text(t.size_bytes)} ({t.basis})" for t in totals], textposition="auto",
-        hovertext=[f"{t.route}; {t.n_records} records" for t in totals]))
-    figure.update_layout(title=title, xaxis={"type": "log", "title": "bytes (log scale)"}, height=360,
+        marker_color=[BASIS_COLORS[t.time_basis] for t in totals],
+        text=[f"{_size_text(t.size_bytes)} (time {t.time_basis})" for t in totals], textposition="auto",
+        hovertext=[f"{t.route}; {t.n_records} records; bytes counted" for t in totals]))
+    figure.update_layout(title=title, xaxis={"type": "log", "title": "bytes, counted (log scale)"}, height=360,
                          margin={"l": 180})
     return figure
 
@@ -104,12 +106,12 @@ def speed_figure(rows: Sequence[dict]) -> go.Figure:
 
 
 def quality_figure(rows: Sequence[dict]) -> go.Figure:
-    """Perplexity (measured) against bits per weight, one labelled point per type (``rows``: qtype, bits, ppl)."""
+    """Perplexity (measured) against file size: one labelled point per row (qtype, file_bytes, perplexity)."""
     figure = go.Figure(go.Scatter(
-        x=[r["bits_per_weight"] for r in rows], y=[r["perplexity"] for r in rows], mode="markers+text",
+        x=[r["file_bytes"] / 1e6 for r in rows], y=[r["perplexity"] for r in rows], mode="markers+text",
         text=[r["qtype"] for r in rows], textposition="top center", marker={"size": 11}))
-    figure.update_layout(title="Quality vs size: perplexity on the lab text (lower is better)",
-                         xaxis_title="bits per weight of the weight matrices", yaxis_title="perplexity", height=380)
+    figure.update_layout(title="Quality vs size: perplexity on the lab text (measured; lower is better)",
+                         xaxis_title="GGUF file size (MB, on disk)", yaxis_title="perplexity", height=380)
     return figure
 
 
