@@ -77,19 +77,17 @@ def measure(fn: Callable[[], object], repeats: int) -> Timing:
 
 
 def bench_type(qtype: str, x: torch.Tensor, repeats: int) -> Row:
-    slow = qtype in K_QUANTS
-    reps = 1 if slow else repeats
     x_np = x.numpy()
     ggml_type = gguf.GGMLQuantizationType[qtype]
     ours_bytes = lq.quantize(x, qtype)
-    ours_q = measure(lambda: lq.quantize(x, qtype), reps)
+    ours_q = measure(lambda: lq.quantize(x, qtype), repeats)
     ours_dq = measure(lambda: lq.dequantize(ours_bytes, qtype, x.shape), repeats)
-    gguf_q = measure(lambda: gguf.quants.quantize(x_np, ggml_type), reps) if qtype in GGUF_PY_QUANTIZES else None
+    gguf_q = measure(lambda: gguf.quants.quantize(x_np, ggml_type), repeats) if qtype in GGUF_PY_QUANTIZES else None
     blob = ours_bytes.numpy()
     gguf_dq = measure(lambda: gguf.quants.dequantize(blob, ggml_type), repeats)
     c_q = c_dq = identical = None
     if reference.available():
-        c_q = measure(lambda: reference.ggml_quantize(x_np, qtype), reps)
+        c_q = measure(lambda: reference.ggml_quantize(x_np, qtype), repeats)
         c_dq = measure(lambda: reference.ggml_dequantize(blob, qtype, x.numel()), repeats)
         identical = torch.equal(reference.ggml_quantize(x_np, qtype), ours_bytes)
     return Row(qtype, ours_q, ours_dq, gguf_q, gguf_dq, c_q, c_dq, identical)
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"eager torch with {THREADS} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); "
         f"gguf-py is numpy (one thread); the C reference is "
         f"`ggml_quantize_chunk` (imatrix NULL), one call, one thread, and ggml's `to_float`. Ratios > 1× mean "
-        f"labkit is faster. Best of {args.repeats} runs (K-quant quantize: 1 run). \"other CPU %\" is the "
+        f"labkit is faster. Best of {args.repeats} runs. \"other CPU %\" is the "
         f"largest share of all CPUs used by other processes during any timing of the row.\n\n"
         f"Targets (issue 3): quantize ≥ 1.5× gguf-py where gguf-py quantizes, dequantize ≥ 1.5× gguf-py, "
         f"K-quant quantize ≥ 0.5× the C reference. (gguf-py's F32 \"dequantize\" returns a view of the "
