@@ -116,23 +116,13 @@ def time_llama_cpp_in_child(path: Path, prompt: list[int], n_tokens: int, thread
 
 def time_llama_cpp(path: Path, prompt: list[int], n_tokens: int, threads: int) -> dict | None:
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401  (only to know whether the peer is installed)
         import numpy as np
     except ImportError:
         return None
-    original = llama_cpp.llama_model_default_params
+    from labkit.peers import open_llama
 
-    def without_extra_bufts():  # the AMX path crashes on this VM
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_model_default_params = without_extra_bufts
-    try:
-        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, logits_all=True,
-                              verbose=False)
-    finally:
-        llama_cpp.llama_model_default_params = original
+    llm = open_llama(path, n_threads=threads)
     llm.eval(prompt)
     token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     llm.eval([token])  # warm-up step

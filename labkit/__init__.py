@@ -19,6 +19,7 @@ Modules, in reading order (one per stage of a weight's journey):
   extras) and the exercises' checks, one module per chapter
 - ``cli``        the ``labkit`` command line
 - ``errors``     the one family of errors labkit raises
+- ``peers``      opening llama.cpp (optional) the same way wherever labkit is checked against it
 
 The core (everything but ``figures`` and ``widgets``) imports with torch, numpy and gguf
 only, plus tokenizers and jinja2 for the runtime.

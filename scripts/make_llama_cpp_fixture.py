@@ -31,6 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libggml loads
 
 import numpy as np  # noqa: E402
 
+from labkit.peers import open_llama  # noqa: E402
+
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "llama_cpp" / "smollm2_135m_q4_1.json"
 # One user turn, rendered by the file's own chat template (labkit's test checks that it renders exactly this).
 # A prompt with a well-determined answer: along llama.cpp's greedy path, the best token leads the
@@ -57,25 +59,6 @@ TOKENIZER_TEXTS = [
     "",
 ]
 CHAT = [{"role": "user", "content": CHAT_USER}]
-
-
-def open_llama(model_path: Path, n_threads: int = 2, n_ctx: int = 512) -> object:
-    """``llama_cpp.Llama`` on the CPU, all logits kept, AMX extra buffers off."""
-    import llama_cpp
-
-    original = llama_cpp.llama_model_default_params
-
-    def default_params_without_extra_bufts():  # the AMX path crashes on this VM
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_model_default_params = default_params_without_extra_bufts
-    try:
-        return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                               logits_all=True, flash_attn=False, verbose=False)
-    finally:
-        llama_cpp.llama_model_default_params = original
 
 
 def tokenize(llm: object, text: str, parse_special: bool) -> list[int]:

@@ -105,20 +105,10 @@ def test_quantized_weights_mode_gives_the_same_continuation(default_model: Path,
 @pytest.fixture(scope="module")
 def llama(default_model: Path):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    llama_cpp = pytest.importorskip("llama_cpp")
-    original = llama_cpp.llama_model_default_params
+    pytest.importorskip("llama_cpp")
+    from labkit.peers import open_llama
 
-    def without_extra_bufts():  # the AMX path crashes on VMs that advertise AMX they cannot run
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_model_default_params = without_extra_bufts
-    try:
-        yield llama_cpp.Llama(str(default_model), n_ctx=1024, n_threads=2, n_threads_batch=2, logits_all=True,
-                              flash_attn=False, verbose=False)
-    finally:
-        llama_cpp.llama_model_default_params = original
+    return open_llama(default_model, n_ctx=1024)
 
 
 def _random_texts(n: int, seed: int = 0) -> list[str]:

@@ -1,0 +1,44 @@
+"""The peer labkit is checked against: llama.cpp, through llama-cpp-python (optional).
+
+Tests, fixture scripts and benchmarks all open llama.cpp the same way, so the work-around it
+needs lives here once: on virtual machines that advertise AMX instructions they cannot run,
+llama.cpp's AMX "extra buffer" matmul path crashes, so models are loaded with
+``use_extra_bufts = False``. Set ``OMP_WAIT_POLICY=PASSIVE`` in the environment for sane
+timings when llama.cpp shares 2 cores with torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512) -> Any:
+    """Load a GGUF in llama.cpp on the CPU, keeping the logits of every position.
+
+    Args:
+        model_path: the GGUF file.
+        n_threads: threads for decoding and for prompt batches.
+        n_ctx: context length to allocate.
+
+    Returns:
+        A ``llama_cpp.Llama``.
+
+    Raises:
+        ImportError: llama-cpp-python is not installed (``LABKIT_LLAMA_CPP=1 ./run.sh test`` adds it).
+    """
+    import llama_cpp
+
+    original = llama_cpp.llama_model_default_params
+
+    def default_params_without_extra_bufts() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_model_default_params = default_params_without_extra_bufts
+    try:
+        return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                               logits_all=True, flash_attn=False, verbose=False)
+    finally:
+        llama_cpp.llama_model_default_params = original
