@@ -312,17 +312,24 @@ def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list
                                     time_runs(lambda: pagecache.touch_pages(path, dst.numpy()),
                                               repeats + 1),
                                     "mmap, np.copyto into a pre-faulted buffer (1 thread)"))
-    all_threads = torch.get_num_threads()
-    for threads in sorted({1, all_threads}):
-        torch.set_num_threads(threads)
-        try:
-            times = time_runs(lambda: dst.copy_(src), repeats + 1)
-        finally:
-            torch.set_num_threads(all_threads)
-        label = "thread" if threads == 1 else "threads"
+    for threads, label, times in _time_at_1_and_all_threads(lambda: dst.copy_(src), repeats + 1):
         rows.append(measured_record("RAM", f"copy_, {threads} {label}", size_bytes, times,
                                     "torch copy_ into a pre-faulted tensor (memcpy class)"))
     return rows
+
+
+def _time_at_1_and_all_threads(work: Callable[[], object], runs: int) -> list[tuple[int, str, list[float]]]:
+    """Run ``time_runs(work, runs)`` with 1 torch thread, then with all: [(threads, "thread(s)", times)]."""
+    all_threads = torch.get_num_threads()
+    results = []
+    for threads in sorted({1, all_threads}):
+        torch.set_num_threads(threads)
+        try:
+            times = time_runs(work, runs)
+        finally:
+            torch.set_num_threads(all_threads)
+        results.append((threads, "thread" if threads == 1 else "threads", times))
+    return results
 
 
 def measure_ram_read(size_bytes: int, repeats: int) -> list[TierRecord]:
@@ -351,18 +358,9 @@ def measure_ram_read(size_bytes: int, repeats: int) -> list[TierRecord]:
         raise ProbeError(f"repeats={repeats} must be at least 1")
     buffer = torch.ones(size_bytes // 4)  # float32; ones() touches, so faults in, every page
     moved_bytes = buffer.numel() * buffer.element_size()
-    rows = []
-    all_threads = torch.get_num_threads()
-    for threads in sorted({1, all_threads}):
-        torch.set_num_threads(threads)
-        try:
-            times = time_runs(buffer.sum, repeats + 1)
-        finally:
-            torch.set_num_threads(all_threads)
-        label = "thread" if threads == 1 else "threads"
-        rows.append(measured_record("RAM", f"sum() read, {threads} {label}", moved_bytes, times,
-                                    "torch sum() over a pre-faulted float32 buffer (reads each byte once)"))
-    return rows
+    return [measured_record("RAM", f"sum() read, {threads} {label}", moved_bytes, times,
+                            "torch sum() over a pre-faulted float32 buffer (reads each byte once)")
+            for threads, label, times in _time_at_1_and_all_threads(buffer.sum, repeats + 1)]
 
 
 def cuda_cases(pageable: torch.Tensor, pinned: torch.Tensor, device_a: torch.Tensor,
