@@ -3,6 +3,7 @@
 Modules, in reading order (one per stage of a weight's journey):
 
 - ``probe``      this machine's I/O tiers, measured (chapter 1)
+- ``tiers``      the rows of the speed table: measured, quoted or modelled, with sources
 - ``pagecache``  which pages of a file sit in RAM; evicting them, and checking it
 - ``formats``    the table of ggml block layouts
 - ``quant``      GGML block quantization, byte-identical to llama.cpp (chapter 2)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import pagecache, probe
+from labkit import pagecache, probe, tiers
 from labkit.checks.hierarchy import check_cold_load_time
 from labkit.errors import ProbeError
 
@@ -91,7 +91,7 @@ def test_modelled_hop_is_capped_by_ram_and_by_pcie() -> None:
     fast_ram = probe.measured_record("RAM", "copy_, 2 threads", 10**9, [0.01], "how")
     assert probe.modelled_host_to_device(slow_ram).gb_per_s == pytest.approx(10.0)
     capped = probe.modelled_host_to_device(fast_ram)
-    assert capped.gb_per_s == pytest.approx(probe.PCIE4_X16_GB_PER_S)
+    assert capped.gb_per_s == pytest.approx(tiers.PCIE4_X16_GB_PER_S)
     assert capped.kind == "modelled" and "modelled" in capped.operation
     assert "PCI-SIG" in capped.source
 
@@ -210,7 +210,7 @@ def test_test_file_is_exact_page_unique_and_incompressible(tmp_path: Path) -> No
 
 
 def test_run_returns_records_from_disk_to_vram(report: probe.ProbeReport) -> None:
-    assert set(record.kind for record in report) <= set(probe.KINDS)
+    assert set(record.kind for record in report) <= set(tiers.KINDS)
     measured = {(r.tier, r.operation) for r in report.of_kind("measured")}
     assert {("disk", "write + fsync (new file)"), ("page cache", "warm read()"),
             ("page cache", "mmap + touch every page"), ("RAM", "copy_, 1 thread"),
@@ -218,7 +218,7 @@ def test_run_returns_records_from_disk_to_vram(report: probe.ProbeReport) -> Non
     for record in report:
         assert math.isclose(record.gb_per_s, record.moved_bytes / record.elapsed_s / 1e9)
         assert (record.source == "") == (record.kind == "measured")
-        assert record.tier in probe.TIERS
+        assert record.tier in tiers.TIERS
     for record in report.of_kind("measured"):
         assert record.moved_bytes == SMALL
         if record.repetitions > 1:
@@ -375,7 +375,7 @@ def test_tier_figure_keeps_kinds_apart(report: probe.ProbeReport) -> None:
     fig = tier_figure(report)
     assert fig.layout.yaxis.type == "log"
     assert [trace.name.split()[0] for trace in fig.data] == ["measured", "quoted", "modelled"]
-    for trace, kind in zip(fig.data, probe.KINDS):
+    for trace, kind in zip(fig.data, tiers.KINDS):
         assert len(trace.x) == len(report.of_kind(kind))
         assert all(kind in text for text in trace.text)
     rows = load_times(report, {"m": 10**9})

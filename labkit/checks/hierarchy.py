@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from labkit.probe import ProbeReport, TierRecord
+from labkit.tiers import ProbeReport, TierRecord
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Figures for chapter 1 (the memory hierarchy): tier speeds and model load times.
 
-Both figures draw from a ``labkit.probe.ProbeReport`` and keep measured numbers visibly apart
+Both figures draw from a ``labkit.tiers.ProbeReport`` and keep measured numbers visibly apart
 from quoted and modelled ones: each kind has its own colour, bar pattern, legend entry, and
 the word "measured", "quoted" or "modelled" on the bar label and in the hover text.
 """
@@ -12,7 +12,7 @@ from typing import Mapping
 
 import plotly.graph_objects as go
 
-from labkit.probe import KINDS, TIERS, ProbeReport, TierRecord
+from labkit.tiers import KINDS, TIERS, ProbeReport, TierRecord
 
 # kind -> (colour, bar pattern, legend label)
 KIND_STYLE = {

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from labkit import probe
+from labkit import probe, tiers
 from labkit.errors import ProbeError
 from labkit.figures.hierarchy import (KIND_STYLE, LoadTime, load_time_figure, load_times,
                                      rate_text, seconds_text, tier_figure)
@@ -52,7 +52,7 @@ class ProbePanel:
         >>> panel.widget       # display it
     """
 
-    def __init__(self, report: probe.ProbeReport, *, repeats: int = 3,
+    def __init__(self, report: tiers.ProbeReport, *, repeats: int = 3,
                  tmp_dir: str | None = None) -> None:
         self.report = report
         self.repeats, self.tmp_dir = repeats, tmp_dir
@@ -69,7 +69,7 @@ class ProbePanel:
         controls = widgets.HBox([self.size, self.block])
         self.widget = widgets.VBox([controls, self.status, self.figure])
 
-    def remeasure(self, change: Any = None) -> probe.ProbeReport:
+    def remeasure(self, change: Any = None) -> tiers.ProbeReport:
         """Run the probe with the sliders' values and redraw (the handler of both sliders)."""
         self.status.value = "<i>measuring…</i>"
         start = time.perf_counter()
@@ -112,7 +112,7 @@ class LoadTimeCalculator:
         >>> calculator.widget
     """
 
-    def __init__(self, report: probe.ProbeReport, models: Mapping[str, int]) -> None:
+    def __init__(self, report: tiers.ProbeReport, models: Mapping[str, int]) -> None:
         self.report, self.models = report, dict(models)
         first = next(iter(self.models))
         self.model = widgets.Dropdown(options=list(self.models), value=first, description="model")
@@ -145,7 +145,7 @@ class QuotedSpeedDemo:
 
     def update(self, change: Any = None) -> list[LoadTime]:
         """Recompute the table for the slider's size (the slider's handler)."""
-        report = probe.ProbeReport(tuple(probe.quoted_records()), (), 0, 0)
+        report = tiers.ProbeReport(tuple(tiers.quoted_records()), (), 0, 0)
         rows = load_times(report, {"model": int(self.size_gb.value * 1e9)})
         self.table.value = (f"<p>{self.size_gb.value:.3g} GB at the <i>quoted</i> speeds "
                             "(nothing measured yet):</p>" + load_time_table_html(rows))
