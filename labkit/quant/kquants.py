@@ -41,8 +41,13 @@ def _columns(blocks: torch.Tensor, sub_size: int) -> torch.Tensor:
 
 
 def _rows(levels: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``_columns``: (sub_size, S) -> (B, 256)."""
-    return levels.T.reshape(-1, QK_K)  # (B, 256)
+    """Inverse of ``_columns``: (sub_size, S) -> (B, 256/sub_size, sub_size).
+
+    A strided view, no copy: ``_requantize`` reads only the few sub-blocks it
+    falls back on.
+    """
+    sub_size = levels.shape[0]
+    return levels.T.reshape(-1, QK_K // sub_size, sub_size)  # (B, k, sub_size)
 
 
 def _positive_max(values: torch.Tensor) -> torch.Tensor:
@@ -64,19 +69,25 @@ def _requantize(x: torch.Tensor, d_sub: torch.Tensor, dm_sub: torch.Tensor | Non
     """Round each weight again with the scales it will be decoded with.
 
     ``q = clamp(round((x + dm) / d), lo, hi)`` where ``d``, ``dm`` are the
-    sub-block's quantized scale and min; sub-blocks whose scale rounded to 0
-    keep the levels of the search (C: ``if (!d) continue;``).
+    sub-block's quantized scale and min, returned as stored: ``q - lo``, in
+    ``0..hi-lo``. Sub-blocks whose scale rounded to 0 keep the (stored)
+    levels of the search (C: ``if (!d) continue;``).
     x: (B, k, sub) float32, d_sub/dm_sub: (B, k), levels: (B, k, sub) int32.
     """
     shifted = x if dm_sub is None else x + dm_sub.unsqueeze(2)
     new = nearest_int(shifted / d_sub.unsqueeze(2)).clamp_(lo, hi)
-    return torch.where((d_sub != 0).unsqueeze(2), new, levels)
+    if lo:
+        new -= lo
+    skipped = d_sub == 0  # (B, k): usually none, so copy just those (a where over all is slower)
+    new[skipped] = levels[skipped]
+    return new
 
 
 def _pack_2bit(levels: torch.Tensor) -> torch.Tensor:
     """(B, 256) values 0..3 -> qs[64]: byte 32h + l holds weights 128h + l + 32k at bits 2k."""
-    q = levels.to(torch.uint8).reshape(-1, 2, 4, 32) << _SHIFTS_2BIT.to(levels.device).view(1, 1, 4, 1)
-    return q.sum(dim=2, dtype=torch.uint8).reshape(-1, 64)  # (B, 64)
+    q = levels.to(torch.uint8).reshape(-1, 2, 4, 32)  # (B, h, k, l)
+    packed = q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)  # (B, h, l)
+    return packed.reshape(-1, 64)  # (B, 64); ORing four slices is faster than a uint8 sum over k
 
 
 def _unpack_2bit(qs: torch.Tensor) -> torch.Tensor:
@@ -87,8 +98,11 @@ def _unpack_2bit(qs: torch.Tensor) -> torch.Tensor:
 
 def _pack_bits(high: torch.Tensor) -> torch.Tensor:
     """(B, 8, 32) bits -> 32 bytes: byte j bit k = high[k, j]."""
-    q = high.to(torch.uint8) << _SHIFTS_1BIT.to(high.device).view(1, 8, 1)
-    return q.sum(dim=1, dtype=torch.uint8)  # (B, 32)
+    q = high.to(torch.uint8)
+    packed = q[:, 0].clone()  # (B, 32); ORing the 8 rows is faster than a uint8 sum over them
+    for k in range(1, 8):
+        packed |= q[:, k] << k
+    return packed
 
 
 def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
@@ -124,7 +138,7 @@ def quantize_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     # 3. re-round every weight with the scales as the decoder will see them, 4. pack
     d_sub = fp16_round(d).unsqueeze(1) * (packed & 0xF).float()
     dm_sub = fp16_round(dmin).unsqueeze(1) * (packed >> 4).float()
-    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, dm_sub, 0, 3, _rows(levels).reshape(-1, 16, 16))
+    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, dm_sub, 0, 3, _rows(levels))
     out[:, 0:16] = packed
     out[:, 16:80] = _pack_2bit(levels.reshape(-1, QK_K))
     out[:, 80:82] = fp16_bits(d)
@@ -180,10 +194,9 @@ def quantize_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     d = torch.where(has_scale, divide_into(1.0, iscale), 0.0)
     # 3. re-round every weight with the decoded scales, 4. pack: bit 2 to hmask, bits 0-1 to qs
     d_sub = fp16_round(d).unsqueeze(1) * (l6.to(torch.int32) - 32).float()
-    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, None, -4, 3,
-                         _rows(levels).reshape(-1, 16, 16) - 4) + 4
-    levels = levels.reshape(-1, 8, 32)  # (B, 8, 32): weight 32k + j
-    out[:, 0:32] = _pack_bits(levels > 3)
+    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, None, -4, 3, _rows(levels))  # 0..7
+    levels = levels.to(torch.uint8).reshape(-1, 8, 32)  # (B, 8, 32): weight 32k + j
+    out[:, 0:32] = _pack_bits(levels >> 2)
     out[:, 32:96] = _pack_2bit((levels & 3).reshape(-1, QK_K))
     out[:, 96:108] = _pack_scales_q3(l6)
     out[:, 108:110] = fp16_bits(d)
@@ -248,7 +261,7 @@ def _quantize_k4(blocks: torch.Tensor, nmax: int, rmin: float, nstep: int) -> tu
     # 3. re-round every weight with the scales and mins as the decoder will see them
     d_sub = fp16_round(d).unsqueeze(1) * sc.float()
     dm_sub = fp16_round(dmin).unsqueeze(1) * m.float()
-    levels = _requantize(blocks.reshape(-1, 8, 32), d_sub, dm_sub, 0, nmax, _rows(levels).reshape(-1, 8, 32))
+    levels = _requantize(blocks.reshape(-1, 8, 32), d_sub, dm_sub, 0, nmax, _rows(levels))
     return _pack_scales_k4(sc, m), d, dmin, levels
 
 
@@ -342,8 +355,7 @@ def quantize_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     d = divide_into(1.0, iscale)
     # 3. re-round every weight with the decoded scales, 4. pack low nibbles and top 2 bits
     d_sub = fp16_round(d).unsqueeze(1) * sc.float()
-    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, None, -32, 31,
-                         _rows(levels).reshape(-1, 16, 16) - 32) + 32
+    levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, None, -32, 31, _rows(levels))  # 0..63
     q = levels.to(torch.uint8).reshape(-1, 2, 4, 32)  # (B, half, quarter, 32)
     low = q & 0xF
     out[:, 0:128] = torch.cat([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)],

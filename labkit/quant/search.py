@@ -234,23 +234,39 @@ def _descent_pass(x: torch.Tensor, weights: torch.Tensor, wx: torch.Tensor, leve
                   sumlx: torch.Tensor, suml2: torch.Tensor, nmax: int) -> torch.Tensor:
     """One pass of make_q3_quants' coordinate descent, updating levels/sums in place.
 
-    Returns a (S,) bool: which sub-blocks changed a level in this pass.
+    Step i is C's loop body for weight i, for every sub-block at once: take
+    weight i out of the sums, ask which level fits it best given the others,
+    and keep that level only if the whole sub-block's fit improves.
+
+    Speed: on CPU, torch's comparisons that return ``bool`` and
+    ``torch.where`` run element by element, several times slower than
+    arithmetic. So each test writes ``1.0``/``0.0`` into a float buffer
+    (``out=``), the tests are combined by multiplying, and the level is
+    updated by arithmetic (exact on small integers); only the two float sums
+    still need ``torch.where`` (arithmetic could turn an ``inf`` into NaN).
+
+    Returns:
+        (S,) float32: how many levels of each sub-block changed in this pass.
     """
-    changed = torch.zeros_like(sumlx, dtype=torch.bool)
-    for i in range(x.shape[0]):
-        li = levels[i]
-        slx = sumlx - wx[i] * li  # the sums without weight i ...
-        sl2 = suml2 - weights[i] * li * li
-        new_l = nearest_int(x[i] * sl2 / slx).clamp_(-nmax, nmax - 1).to(x.dtype)
-        accept = (slx > 0) & (new_l != li)
-        slx += wx[i] * new_l  # ... and with weight i at its new level
-        sl2 += weights[i] * new_l * new_l
-        accept &= (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-        torch.where(accept, new_l, li, out=li)  # li is row i of levels: updated in place
-        torch.where(accept, slx, sumlx, out=sumlx)
-        torch.where(accept, sl2, suml2, out=suml2)
-        changed |= accept
-    return changed
+    n_changed = torch.zeros_like(sumlx)
+    accept = torch.empty_like(sumlx)  # 1.0 where weight i's new level is kept, else 0.0
+    test = torch.empty_like(sumlx)
+    for xi, wi, wxi, li in zip(x, weights, wx, levels):  # row i of each; li is a view into levels
+        slx = sumlx - wxi * li  # the sums without weight i ...
+        sl2 = suml2 - wi * li * li
+        new_l = nearest_int(xi * sl2 / slx).clamp_(-nmax, nmax - 1).to(x.dtype)
+        torch.gt(slx, 0.0, out=accept)  # C: if (slx > 0) ...
+        accept *= torch.ne(new_l, li, out=test)  # ... if (new_l != L[i]) ...
+        slx += wxi * new_l  # ... and with weight i at its new level
+        sl2 += wi * new_l * new_l
+        accept *= torch.gt(sl2, 0.0, out=test)  # ... if (sl2 > 0 && the fit is better)
+        accept *= torch.gt(slx * slx * suml2, sumlx * sumlx * sl2, out=test)
+        li += accept * (new_l - li)  # updates levels in place
+        keep = accept.bool()
+        torch.where(keep, slx, sumlx, out=sumlx)
+        torch.where(keep, sl2, suml2, out=suml2)
+        n_changed += accept
+    return n_changed
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,9 +275,17 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     After the plain grid, C walks the weights in order: for weight i it asks
     "with every other level fixed, which level of weight i gives the best
     least-squares fit?" and keeps the change if the fit improves. It makes up
-    to 5 passes and stops a sub-block early after a pass with no change. A
-    pass with no change leaves a sub-block as it was, so here each pass runs
-    only on the sub-blocks that changed in the pass before.
+    to 5 passes and stops a sub-block early after a pass with no change.
+
+    Two facts let this port skip work C does, with the same result:
+
+    * Only sub-blocks whose extreme weight is *negative* can change. If it is
+      positive, ``iscale = -nmax / max`` is negative, every level has the
+      opposite sign of its weight, every term ``w*x*l`` is ``<= 0``, and so
+      is their sum with any one term left out: C's ``if (slx > 0)`` never
+      fires. (A quirk of C: half the sub-blocks keep their plain grid.)
+    * A pass with no change leaves a sub-block as it was, so each pass runs
+      only on the sub-blocks that changed in the pass before.
 
     Args:
         x: ``(n, S)`` float32.
@@ -277,19 +301,18 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     wx = weights * x
     levels = _symmetric_levels(x, divide_into(-nmax, signed_max), nmax)  # (n, S) signed, float32
     sumlx, suml2 = _symmetric_sums(levels, weights, wx)
-    lanes = torch.arange(x.shape[1], device=x.device)  # the sub-blocks still changing
-    part = [x, weights, wx, levels, sumlx, suml2]  # their data (all of it in pass 1)
+    lanes = (signed_max < 0).nonzero().squeeze(1)  # the sub-blocks that may still change
     for _ in range(5):
-        changed = _descent_pass(*part, nmax)
-        if part[3] is not levels:  # write the refined sub-blocks back
-            levels.index_copy_(1, lanes, part[3])
-            sumlx.index_copy_(0, lanes, part[4])
-            suml2.index_copy_(0, lanes, part[5])
-        keep = changed.nonzero().squeeze(1)
-        if keep.numel() == 0:
+        if lanes.numel() == 0:
             break
-        lanes = lanes[keep]
-        part = [t.index_select(t.dim() - 1, keep) for t in part]
+        x_part = x.index_select(1, lanes)  # (n, L): the sub-blocks in play
+        w_part = x_part * x_part
+        part = [x_part, w_part, w_part * x_part, levels.index_select(1, lanes), sumlx[lanes], suml2[lanes]]
+        n_changed = _descent_pass(*part, nmax)
+        levels.index_copy_(1, lanes, part[3])  # write the refined sub-blocks back
+        sumlx.index_copy_(0, lanes, part[4])
+        suml2.index_copy_(0, lanes, part[5])
+        lanes = lanes[n_changed.nonzero().squeeze(1)]
     scale = torch.where(suml2 > 0, sumlx / suml2, 0.0)
     levels = levels.to(torch.int32) + nmax
     levels *= ~zero  # 0 for an all-zero sub-block
