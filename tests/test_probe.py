@@ -373,10 +373,10 @@ def test_tier_figure_keeps_kinds_apart(report: probe.ProbeReport) -> None:
     from labkit.figures.hierarchy import load_times, tier_figure
 
     fig = tier_figure(report)
-    assert fig.layout.yaxis.type == "log"
+    assert fig.layout.xaxis.type == "log"
     assert [trace.name.split()[0] for trace in fig.data] == ["measured", "quoted", "modelled"]
     for trace, kind in zip(fig.data, tiers.KINDS):
-        assert len(trace.x) == len(report.of_kind(kind))
+        assert len(trace.y) == len(report.of_kind(kind))
         assert all(kind in text for text in trace.text)
     rows = load_times(report, {"m": 10**9})
     assert all(row.seconds == pytest.approx(1 / row.record.gb_per_s) for row in rows)

@@ -37,8 +37,18 @@ class LoadTime:
 
 
 def bar_label(record: TierRecord) -> str:
-    """Return the x-axis label of a record: tier, operation and kind on three lines."""
-    return f"{record.tier}<br>{record.operation}<br>({record.kind})"
+    """Return the axis label of a record: tier, operation and kind on one line."""
+    return f"{record.tier} · {record.operation} ({record.kind})"
+
+
+def _bar_layout(fig: go.Figure, title: str, value_axis_title: str, labels: list[str]) -> None:
+    """Horizontal bars, one per tier, top to bottom in tier order; long labels stay readable."""
+    fig.update_layout(
+        title={"text": title, "y": 0.99, "yanchor": "top"}, barmode="overlay", height=200 + 34 * len(labels),
+        xaxis={"type": "log", "title": value_axis_title},
+        yaxis={"categoryorder": "array", "categoryarray": labels[::-1], "automargin": True},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0},
+        margin={"t": 140}, uniformtext={"minsize": 11, "mode": "show"})
 
 
 def rate_text(record: TierRecord) -> str:
@@ -88,18 +98,15 @@ def tier_figure(report: ProbeReport, *, title: str | None = None) -> go.Figure:
         rows = [r for r in records if r.kind == kind]
         high = [(r.gb_per_s_max - r.gb_per_s) if r.gb_per_s_max else 0.0 for r in rows]
         fig.add_bar(
-            name=legend, x=[bar_label(r) for r in rows], y=[r.gb_per_s for r in rows],
+            name=legend, orientation="h", y=[bar_label(r) for r in rows], x=[r.gb_per_s for r in rows],
             marker={"color": colour, "pattern": {"shape": pattern}},
-            text=[f"{rate_text(r)} {r.kind}" for r in rows], textposition="outside",
-            error_y={"type": "data", "symmetric": False, "array": high,
+            text=[f"{rate_text(r)} {r.kind}" for r in rows], textposition="outside", cliponaxis=False,
+            error_x={"type": "data", "symmetric": False, "array": high,
                      "arrayminus": [0.0] * len(rows), "visible": any(high)},
-            hovertext=[_hover(r) for r in rows], hoverinfo="text+y")
-    fig.update_layout(
-        title=title or f"I/O tiers: {report.size_bytes / 2**20:.0f} MiB test file, "
-                       f"{report.block_bytes / 2**10:.0f} KiB reads (error bars: quoted ranges)",
-        yaxis={"type": "log", "title": "GB/s (10^9 bytes/s), log scale"},
-        xaxis={"categoryorder": "array", "categoryarray": [bar_label(r) for r in records]},
-        barmode="overlay", height=520, legend={"orientation": "h", "y": 1.08})
+            hovertext=[_hover(r) for r in rows], hoverinfo="text+x")
+    _bar_layout(fig, title or f"I/O tiers: {report.size_bytes / 2**20:.0f} MiB test file, "
+                              f"{report.block_bytes / 2**10:.0f} KiB reads (error bars: quoted ranges)",
+                "GB/s (10^9 bytes/s), log scale", [bar_label(r) for r in records])
     return fig
 
 
@@ -132,13 +139,10 @@ def load_time_figure(report: ProbeReport, model: str, size_bytes: int) -> go.Fig
         colour, pattern, legend = KIND_STYLE[kind]
         mine = [row for row in rows if row.record.kind == kind]
         fig.add_bar(
-            name=legend, x=[bar_label(row.record) for row in mine], y=[row.seconds for row in mine],
-            marker={"color": colour, "pattern": {"shape": pattern}},
-            text=[f"{seconds_text(row)} {kind}" for row in mine], textposition="outside",
-            hovertext=[_hover(row.record) for row in mine], hoverinfo="text+y")
-    fig.update_layout(
-        title=f"Time to move {model} ({size_bytes / 1e9:.3g} GB) through each tier",
-        yaxis={"type": "log", "title": "seconds, log scale"},
-        xaxis={"categoryorder": "array", "categoryarray": [bar_label(row.record) for row in rows]},
-        height=520, legend={"orientation": "h", "y": 1.08})
+            name=legend, orientation="h", y=[bar_label(row.record) for row in mine],
+            x=[row.seconds for row in mine], marker={"color": colour, "pattern": {"shape": pattern}},
+            text=[f"{seconds_text(row)} {kind}" for row in mine], textposition="outside", cliponaxis=False,
+            hovertext=[_hover(row.record) for row in mine], hoverinfo="text+x")
+    _bar_layout(fig, f"Time to move {model} ({size_bytes / 1e9:.3g} GB) through each tier",
+                "seconds, log scale", [bar_label(row.record) for row in rows])
     return fig
