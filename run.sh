@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lab's two entry points, each setting up first when needed:
 #   ./run.sh lab    create .venv, install labkit + the default model, open JupyterLab on notebooks/
-#   ./run.sh test   the same set-up, then the whole test suite (pytest + nbval over every notebook)
+#   ./run.sh test   the same set-up, then lint + type check and the whole test suite (pytest + nbval)
 # Options (environment):
 #   PYTHON=python3.12        the interpreter that creates .venv (>= 3.10)
 #   LABKIT_TORCH="torch==X"  the torch requirement (default torch==2.13.0)
@@ -59,6 +59,9 @@ case "$command" in
     test)
         setup
         export OMP_WAIT_POLICY=PASSIVE
+        echo "run.sh: lint (ruff check, ruff format --check) and type check (mypy labkit) ..."
+        "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet . && "$VENV/bin/mypy" labkit \
+            || { echo "run.sh: fix the lint/type errors above (ruff format . fixes the formatting)" >&2; exit 1; }
         exec "$VENV/bin/python" -m pytest tests notebooks \
             --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -p no:cacheprovider "$@"
         ;;

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import psutil
 
@@ -34,9 +35,11 @@ def cpu_model() -> str:
 
 def machine() -> str:
     """One line describing this machine, for the top of a results file."""
-    return (f"{cpu_model()}, {psutil.cpu_count()} logical CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu_model()}, {psutil.cpu_count()} logical CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def _busy_s(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]

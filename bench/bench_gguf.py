@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
 from _common import machine, other_cpu_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +54,7 @@ NOTES = """Notes:
 
 # --- 1. opening, one fresh process per measurement ---------------------------------------------------
 
+
 def child(reader: str, path: str) -> None:
     """In a fresh process: import, then time one open and measure the RSS it added."""
     if reader == "labkit":
@@ -67,6 +67,7 @@ def child(reader: str, path: str) -> None:
 
         def do_open() -> object:
             return gguf.GGUFReader(path)
+
     process = psutil.Process()
     rss_before = process.memory_info().rss
     start = time.perf_counter()
@@ -78,8 +79,12 @@ def child(reader: str, path: str) -> None:
 
 def open_in_fresh_process(reader: str, path: Path) -> dict[str, float]:
     def run() -> dict[str, float]:
-        done = subprocess.run([sys.executable, __file__, "--child", reader, str(path)], capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", reader, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     result, other = other_cpu_share(run)
@@ -93,17 +98,24 @@ def bench_open(label: str, path: Path, runs: int) -> list[dict[str, object]]:
         samples["gguf.GGUFReader"].append(open_in_fresh_process("gguf", path))
     rows = []
     for name, runs_ in samples.items():
-        rows.append({
-            "file": label, "reader": name,
-            "open_ms": statistics.median(r["open_s"] for r in runs_) * 1e3,
-            "open_ms_range": (min(r["open_s"] for r in runs_) * 1e3, max(r["open_s"] for r in runs_) * 1e3),
-            "rss_mib": statistics.median(r["rss_delta_bytes"] for r in runs_) / MiB,
-            "other_cpu": statistics.median(r["other_cpu"] for r in runs_),
-        })
+        rows.append(
+            {
+                "file": label,
+                "reader": name,
+                "open_ms": statistics.median(r["open_s"] for r in runs_) * 1e3,
+                "open_ms_range": (
+                    min(r["open_s"] for r in runs_) * 1e3,
+                    max(r["open_s"] for r in runs_) * 1e3,
+                ),
+                "rss_mib": statistics.median(r["rss_delta_bytes"] for r in runs_) / MiB,
+                "other_cpu": statistics.median(r["other_cpu"] for r in runs_),
+            }
+        )
     return rows
 
 
 # --- 2. reading every tensor byte from the page cache --------------------------------------------------
+
 
 def plain_read_gb_per_s(path: Path, buffer: bytearray) -> float:
     view = memoryview(buffer)
@@ -134,21 +146,37 @@ def labkit_read_gb_per_s(path: Path, buffer: np.ndarray) -> float:
 def bench_read(path: Path, rounds: int) -> list[dict[str, object]]:
     plain_buffer, labkit_buffer = bytearray(CHUNK_BYTES), np.empty(CHUNK_BYTES, dtype=np.uint8)
     plain_read_gb_per_s(path, plain_buffer)  # into the page cache
-    samples: dict[str, list[tuple[float, float]]] = {"plain readinto(16 MiB)": [], "labkit open + raw() copy": []}
+    samples: dict[str, list[tuple[float, float]]] = {
+        "plain readinto(16 MiB)": [],
+        "labkit open + raw() copy": [],
+    }
     for _ in range(rounds):  # alternate, so both see the same background load
-        samples["plain readinto(16 MiB)"].append(other_cpu_share(lambda: plain_read_gb_per_s(path, plain_buffer)))
-        samples["labkit open + raw() copy"].append(other_cpu_share(lambda: labkit_read_gb_per_s(path, labkit_buffer)))
-    ratios = [b[0] / a[0] for a, b in zip(*samples.values())]  # type: ignore[operator]
-    rows = [{"method": name, "gb_per_s": statistics.median(v for v, _ in runs),
-             "range": (min(v for v, _ in runs), max(v for v, _ in runs)),
-             "other_cpu": statistics.median(o for _, o in runs)} for name, runs in samples.items()]
+        samples["plain readinto(16 MiB)"].append(
+            other_cpu_share(lambda: plain_read_gb_per_s(path, plain_buffer))
+        )
+        samples["labkit open + raw() copy"].append(
+            other_cpu_share(lambda: labkit_read_gb_per_s(path, labkit_buffer))
+        )
+    ratios = [b[0] / a[0] for a, b in zip(*samples.values(), strict=False)]  # type: ignore[operator]
+    rows = [
+        {
+            "method": name,
+            "gb_per_s": statistics.median(v for v, _ in runs),
+            "range": (min(v for v, _ in runs), max(v for v, _ in runs)),
+            "other_cpu": statistics.median(o for _, o in runs),
+        }
+        for name, runs in samples.items()
+    ]
     rows[1]["ratio"] = statistics.median(ratios)
     return rows
 
 
 # --- report ------------------------------------------------------------------------------------------
 
-def render(open_rows: list[dict[str, object]], read_rows: list[dict[str, object]], big_size: int, runs: int) -> str:
+
+def render(
+    open_rows: list[dict[str, object]], read_rows: list[dict[str, object]], big_size: int, runs: int
+) -> str:
     lines = [
         "| file | reader | open (ms, median) | range (ms) | RSS added (MiB) | speed-up vs gguf-py | other CPU |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -158,24 +186,36 @@ def render(open_rows: list[dict[str, object]], read_rows: list[dict[str, object]
         reference = next(r for r in rows if r["reader"] == "gguf.GGUFReader")["open_ms"]
         for r in rows:
             low, high = r["open_ms_range"]  # type: ignore[misc]
-            lines.append(f"| {label} | {r['reader']} | {r['open_ms']:.1f} | {low:.1f}–{high:.1f} | "
-                         f"{r['rss_mib']:.1f} | {reference / r['open_ms']:.0f}x | {r['other_cpu']:.0%} |")
+            lines.append(
+                f"| {label} | {r['reader']} | {r['open_ms']:.1f} | {low:.1f}–{high:.1f} | "
+                f"{r['rss_mib']:.1f} | {reference / r['open_ms']:.0f}x | {r['other_cpu']:.0%} |"
+            )
     ratio = read_rows[1]["ratio"]
-    lines += ["", f"Reading all tensor bytes of a {big_size / 1e9:.2f} GB GGUF from the page cache "
-              f"({runs} alternating rounds; medians; the ratio is the median of the per-round ratios):", "",
-              "| method | GB/s | range | ratio to plain read | other CPU |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Reading all tensor bytes of a {big_size / 1e9:.2f} GB GGUF from the page cache "
+        f"({runs} alternating rounds; medians; the ratio is the median of the per-round ratios):",
+        "",
+        "| method | GB/s | range | ratio to plain read | other CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in read_rows:
         low, high = r["range"]  # type: ignore[misc]
-        lines.append(f"| {r['method']} | {r['gb_per_s']:.2f} | {low:.2f}–{high:.2f} | "
-                     f"{r.get('ratio', 1.0):.0%} | {r['other_cpu']:.0%} |")
+        lines.append(
+            f"| {r['method']} | {r['gb_per_s']:.2f} | {low:.2f}–{high:.2f} | "
+            f"{r.get('ratio', 1.0):.0%} | {r['other_cpu']:.0%} |"
+        )
     speedups = {r["file"]: None for r in open_rows}
     for label in speedups:
         rows = [r for r in open_rows if r["file"] == label]
         speedups[label] = rows[1]["open_ms"] / rows[0]["open_ms"]  # type: ignore[operator]
-    verdicts = [f"open {label}: {s:.0f}x ({'met' if s >= 100 else 'missed'}, target >= 100x)"
-                for label, s in speedups.items()]
-    verdicts.append(f"tensor bytes: {ratio:.0%} of a plain read ({'met' if ratio >= 0.8 else 'missed'}, "
-                    "target >= 80%)")
+    verdicts = [
+        f"open {label}: {s:.0f}x ({'met' if s >= 100 else 'missed'}, target >= 100x)"
+        for label, s in speedups.items()
+    ]
+    verdicts.append(
+        f"tensor bytes: {ratio:.0%} of a plain read ({'met' if ratio >= 0.8 else 'missed'}, target >= 80%)"
+    )
     return "\n".join([*lines, "", "Targets: " + "; ".join(verdicts) + "."])
 
 
@@ -189,7 +229,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from labkit.models import default_model_path, synthetic_llama
+    from labkit.modelfiles import default_model_path, synthetic_llama
 
     with tempfile.TemporaryDirectory(prefix="labkit-bench-gguf-") as folder:
         vocab = synthetic_llama(Path(folder) / "vocab256k.gguf", vocab_size=256_000, n_layers=1, qtype="F16")
@@ -202,9 +242,11 @@ def main() -> None:
     print(table)
     RESULTS.write_text(
         f"# GGUF reader benchmark\n\nRun {datetime.date.today()} on {machine()}; `bench/bench_gguf.py "
-        f"--runs {args.runs} --big-mib {args.big_mib} --read-rounds {args.read_rounds}`. All numbers measured here; \"other CPU\" is the share of all "
+        f"--runs {args.runs} --big-mib {args.big_mib} --read-rounds {args.read_rounds}`. "
+        'All numbers measured here; "other CPU" is the share of all '
         f"CPUs that other processes used during the measurement (a busy machine makes every number worse).\n\n"
-        f"{table}\n\n{NOTES}\n")
+        f"{table}\n\n{NOTES}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Benchmark: is labkit.probe the bottleneck? Its warm read vs ``dd of=/dev/null bs=16M``.
+"""Benchmark: is labkit.hierarchy.probe the bottleneck? Its warm read vs ``dd of=/dev/null bs=16M``.
 
 Writes a test file, caches it, then alternates ``dd if=FILE of=/dev/null bs=16M`` with the
-probe's own warm-read measurement (``labkit.probe.measure_warm_read``, the code ``run()``
+probe's own warm-read measurement (``labkit.hierarchy.probe.measure_warm_read``, the code ``run()``
 uses) on the same file, several rounds. Target: probe GB/s >= 90% of dd's, same run.
 dd's time is the one dd prints itself (no process start-up counted against it).
 
@@ -34,8 +34,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "probe.md"
 
 def dd_gb_per_s(path: Path) -> float:
     """Run dd on ``path`` and return the GB/s computed from dd's own byte count and time."""
-    done = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=16M"], capture_output=True,
-                          text=True, check=True, env={**os.environ, "LC_ALL": "C"})
+    done = subprocess.run(
+        ["dd", f"if={path}", "of=/dev/null", "bs=16M"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
     match = re.search(r"^(\d+) bytes .* copied, ([\d.e+-]+) s", done.stderr, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"cannot parse dd's output: {done.stderr!r}")
@@ -57,41 +62,57 @@ def bench(size_bytes: int, rounds: int, block_sizes: list[int]) -> list[dict[str
             samples["dd bs=16M"].append(other_cpu_share(lambda: dd_gb_per_s(path)))
             for block in block_sizes:
                 samples[f"probe warm read(), {block // 1024} KiB blocks"].append(
-                    other_cpu_share(lambda: probe_gb_per_s(path, block)))
+                    other_cpu_share(lambda block=block: probe_gb_per_s(path, block))
+                )
         resident = pagecache.resident_fraction(path)
     dd = statistics.median(gb for gb, _ in samples["dd bs=16M"])
     rows = []
     for name, values in samples.items():
         gb = statistics.median(v for v, _ in values)
-        rows.append({"path": name, "gb_per_s": gb, "ratio": gb / dd,
-                     "others": max(share for _, share in values),
-                     "spread": (min(v for v, _ in values), max(v for v, _ in values))})
+        rows.append(
+            {
+                "path": name,
+                "gb_per_s": gb,
+                "ratio": gb / dd,
+                "others": max(share for _, share in values),
+                "spread": (min(v for v, _ in values), max(v for v, _ in values)),
+            }
+        )
     rows.append({"resident": resident})
     return rows
 
 
 def markdown(rows: list[dict[str, object]], size_bytes: int, rounds: int) -> str:
     resident = rows.pop()["resident"]
-    lines = ["| path | median GB/s | [min–max] | ratio to dd | other-process CPU (max) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| path | median GB/s | [min–max] | ratio to dd | other-process CPU (max) |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         low, high = row["spread"]  # type: ignore[misc]
-        lines.append(f"| {row['path']} | {row['gb_per_s']:.2f} | [{low:.2f}–{high:.2f}] | "
-                     f"{row['ratio']:.2f} | {row['others']:.0%} |")
+        lines.append(
+            f"| {row['path']} | {row['gb_per_s']:.2f} | [{low:.2f}–{high:.2f}] | "
+            f"{row['ratio']:.2f} | {row['others']:.0%} |"
+        )
     worst = min(float(row["ratio"]) for row in rows if str(row["path"]).startswith("probe"))
     verdict = "met" if worst >= 0.9 else "NOT met"
     head = [
-        "# Probe benchmark: warm read vs dd", "",
+        "# Probe benchmark: warm read vs dd",
+        "",
         f"- Date: {datetime.date.today().isoformat()}; machine: {machine()}.",
         f"- File: {size_bytes / MiB:.0f} MiB in the system temp folder, in the page cache "
         f"(mincore: {resident if resident is None else f'{resident:.0%}'} resident at the end).",
         f"- {rounds} alternating rounds; each probe sample is `measure_warm_read(repeats=1)` "
         "(one warm-up read, then one timed read); dd's time is the one dd reports.",
         "- GB/s = 10^9 bytes/s. Other-process CPU = share of all CPUs used by other processes "
-        "while the sample ran (psutil); the highest over the rounds is shown.", "",
-        *lines, "",
+        "while the sample ran (psutil); the highest over the rounds is shown.",
+        "",
+        *lines,
+        "",
         f"**Target (probe warm read ≥ 90% of dd bs=16M, same file, same run): {verdict}** "
-        f"(lowest ratio {worst:.2f}).", ""]
+        f"(lowest ratio {worst:.2f}).",
+        "",
+    ]
     return "\n".join(head)
 
 

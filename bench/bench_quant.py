@@ -35,7 +35,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-
 from _common import machine, other_cpu_share
 
 import labkit.quant as lq
@@ -82,7 +81,11 @@ def bench_type(qtype: str, x: torch.Tensor, repeats: int) -> Row:
     ours_bytes = lq.quantize(x, qtype)
     ours_q = measure(lambda: lq.quantize(x, qtype), repeats)
     ours_dq = measure(lambda: lq.dequantize(ours_bytes, qtype, x.shape), repeats)
-    gguf_q = measure(lambda: gguf.quants.quantize(x_np, ggml_type), repeats) if qtype in GGUF_PY_QUANTIZES else None
+    gguf_q = (
+        measure(lambda: gguf.quants.quantize(x_np, ggml_type), repeats)
+        if qtype in GGUF_PY_QUANTIZES
+        else None
+    )
     blob = ours_bytes.numpy()
     gguf_dq = measure(lambda: gguf.quants.dequantize(blob, ggml_type), repeats)
     c_q = c_dq = identical = None
@@ -114,8 +117,10 @@ def _targets(row: Row) -> list[str]:
 
 
 def table(rows: list[Row], size_bytes: int) -> str:
-    head = ("| type | labkit quantize MB/s | vs gguf-py | vs C ref | labkit dequantize MB/s | vs gguf-py | vs C | "
-            "gguf-py q / dq MB/s | C q / dq MB/s | bytes = C | other CPU % | targets |")
+    head = (
+        "| type | labkit quantize MB/s | vs gguf-py | vs C ref | labkit dequantize MB/s | vs gguf-py | vs C | "
+        "gguf-py q / dq MB/s | C q / dq MB/s | bytes = C | other CPU % | targets |"
+    )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         others = [t.other_cpu_share for t in (r.ours_q, r.ours_dq, r.gguf_q, r.gguf_dq, r.c_q, r.c_dq) if t]
@@ -138,7 +143,9 @@ def versions() -> str:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            found[name] = "unknown" if name != "llama_cpp_python" or reference.available() else "not installed"
+            found[name] = (
+                "unknown" if name != "llama_cpp_python" or reference.available() else "not installed"
+            )
     return ", ".join(f"{k} {v}" for k, v in found.items())
 
 
@@ -166,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         f"eager torch with {THREADS} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); "
         f"gguf-py is numpy (one thread); the C reference is "
         f"`ggml_quantize_chunk` (imatrix NULL), one call, one thread, and ggml's `to_float`. Ratios > 1× mean "
-        f"labkit is faster. Best of {args.repeats} runs. \"other CPU %\" is the "
+        f'labkit is faster. Best of {args.repeats} runs. "other CPU %" is the '
         f"largest share of all CPUs used by other processes during any timing of the row.\n\n"
         f"Targets (issue 3): quantize ≥ 1.5× gguf-py where gguf-py quantizes, dequantize ≥ 1.5× gguf-py, "
-        f"K-quant quantize ≥ 0.5× the C reference. (gguf-py's F32 \"dequantize\" returns a view of the "
+        f'K-quant quantize ≥ 0.5× the C reference. (gguf-py\'s F32 "dequantize" returns a view of the '
         f"bytes, so that ratio is not a target.)\n\n" + table(rows, size_bytes) + "\n"
     )
     print(text)

@@ -3,16 +3,16 @@
     .venv/bin/python bench/bench_runtime.py [--tokens 32] [--threads 2] [--no-write] [--quick]
 
 Batch 1, greedy decode after a short prompt, ``--threads`` CPU threads for both. For each runner it
-reports tokens/s (measured, ``labkit.transfers.time_decode`` for labkit), the bytes of weights one token
+reports tokens/s (measured, ``labkit.runtime.timing.time_decode`` for labkit), the bytes of weights one token
 reads (counted), and the memory-bandwidth bound ``RAM read bandwidth / bytes per token`` (modelled), with
-the bandwidth measured in this run by the probe's RAM read row (``labkit.probe.measure_ram_read``: a torch
+the bandwidth measured in this run by the probe's RAM read row (``labkit.hierarchy.probe.measure_ram_read``: a torch
 ``sum()`` over a 1 GiB buffer). Ratios are to llama.cpp measured in the same run. The target (labkit
 >= 0.5x llama.cpp) is judged over the issue's matrix only: weights dequantized and quantized, each in
 float32 and bfloat16; float16 is an extra row, reported but not counted. Each row also records the share
 of the machine's CPU used by *other* processes while it was measured (``_common.other_cpu_share``).
 Two torch-only measurements explain the float32 row: the time of the bare matrix-vector products (every
 stored float32 matrix of the model once, no attention or norms: the ceiling for that row), and the
-streaming speed of each matrix shape in row-major and column-major memory (``labkit.weights`` picks the
+streaming speed of each matrix shape in row-major and column-major memory (``labkit.runtime.weights`` picks the
 order from such numbers); both go into the results. Writes ``bench/results/runtime.md``.
 
 ``--quick`` is a smoke test: a few tokens, small buffers, nothing written (its numbers mean little).
@@ -37,17 +37,20 @@ from pathlib import Path
 import torch
 from _common import machine, other_cpu_share
 
-from labkit.model import lab_text, load
-from labkit.models import default_model_path
-from labkit.probe import measure_ram_read
-from labkit.transfers import time_decode
+from labkit.hierarchy.probe import measure_ram_read
+from labkit.modelfiles import default_model_path
+from labkit.runtime.model import lab_text, load
+from labkit.runtime.timing import time_decode
 
 RESULTS = Path(__file__).parent / "results" / "runtime.md"
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "llama_cpp" / "smollm2_135m_q4_1.json"
 TARGET_RATIO = 0.5
 # The issue's matrix: the rows the target is judged on (float16 is measured too, as an extra).
-MATRIX = tuple(f"labkit {weights} {dtype}" for weights in ("dequantized", "quantized")
-               for dtype in ("float32", "bfloat16"))
+MATRIX = tuple(
+    f"labkit {weights} {dtype}"
+    for weights in ("dequantized", "quantized")
+    for dtype in ("float32", "bfloat16")
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -91,7 +94,9 @@ def layout_rows(shapes: list[tuple[int, int]], total_bytes: int = 256 << 20, rep
         x = torch.randn(1, n_in)
         speed = {}
         for order, matrices in (("row", row_major), ("column", column_major)):
-            elapsed_s = _median_s(lambda: [torch.nn.functional.linear(x, w) for w in matrices], repeats)
+            elapsed_s = _median_s(
+                lambda x=x, matrices=matrices: [torch.nn.functional.linear(x, w) for w in matrices], repeats
+            )
             speed[order] = copies * n_out * n_in * 4 / elapsed_s / 1e9
         rows.append({"shape": (n_out, n_in), **speed})
         del row_major, column_major
@@ -101,14 +106,26 @@ def layout_rows(shapes: list[tuple[int, int]], total_bytes: int = 256 << 20, rep
 def time_labkit(path: Path, weights: str, dtype: str, prompt: list[int], n_tokens: int) -> dict:
     model = load(path, dtype=DTYPES[dtype], weights=weights)
     timing, other = other_cpu_share(lambda: time_decode(model, prompt, n_tokens))
-    return {"runner": f"labkit {weights} {dtype}", "tokens": n_tokens, "tokens_per_s": timing.tokens_per_s,
-            "bytes_per_token": timing.weight_bytes_per_token, "other_cpu": other}
+    return {
+        "runner": f"labkit {weights} {dtype}",
+        "tokens": n_tokens,
+        "tokens_per_s": timing.tokens_per_s,
+        "bytes_per_token": timing.weight_bytes_per_token,
+        "other_cpu": other,
+    }
 
 
 def time_llama_cpp_in_child(path: Path, prompt: list[int], n_tokens: int, threads: int) -> dict | None:
     """Run ``time_llama_cpp`` in a fresh process with ``OMP_WAIT_POLICY=PASSIVE``; ``None`` without llama_cpp."""
-    command = [sys.executable, __file__, "--llama-cpp-worker", json.dumps([str(path), prompt, n_tokens, threads])]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    command = [
+        sys.executable,
+        __file__,
+        "--llama-cpp-worker",
+        json.dumps([str(path), prompt, n_tokens, threads]),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    )
     if done.returncode != 0:
         raise RuntimeError(f"llama.cpp worker failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -139,10 +156,18 @@ def time_llama_cpp(path: Path, prompt: list[int], n_tokens: int, threads: int) -
     from labkit import gguf
 
     with gguf.open(path) as f:  # llama.cpp reads every stored tensor once per token (embedding: one row)
-        bytes_per_token = sum(i.n_bytes for n, i in f.tensors.items() if n != "token_embd.weight" or
-                              "output.weight" not in f.tensors)
-    return {"runner": "llama.cpp (llama-cpp-python)", "tokens": n_tokens, "tokens_per_s": n_tokens / elapsed_s,
-            "bytes_per_token": bytes_per_token, "other_cpu": other}
+        bytes_per_token = sum(
+            i.n_bytes
+            for n, i in f.tensors.items()
+            if n != "token_embd.weight" or "output.weight" not in f.tensors
+        )
+    return {
+        "runner": "llama.cpp (llama-cpp-python)",
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / elapsed_s,
+        "bytes_per_token": bytes_per_token,
+        "other_cpu": other,
+    }
 
 
 def equality_lines(path: Path) -> list[str]:
@@ -155,7 +180,7 @@ def equality_lines(path: Path) -> list[str]:
     theirs = torch.tensor(prompt["last_top_logits"], dtype=torch.float64)
     cosine = float(torch.nn.functional.cosine_similarity(last[ids], theirs, dim=0))
     greedy = model.generate(prompt["ids"], reference["greedy"]["n"], stop_at_end=False)
-    same = sum(a == b for a, b in zip(top1, prompt["top1"]))
+    same = sum(a == b for a, b in zip(top1, prompt["top1"], strict=False))
     return [
         f"- Equality with llama.cpp (fixture made by scripts/make_llama_cpp_fixture.py, llama-cpp-python "
         f"{reference['llama_cpp_python']}, {len(top1)}-token chat prompt): top-1 token equal at {same}/{len(top1)} "
@@ -166,8 +191,11 @@ def equality_lines(path: Path) -> list[str]:
 
 
 def layout_table(rows: list[dict]) -> str:
-    lines = ["| float32 matrix (out, in) | row-major GB/s (measured) | column-major GB/s (measured) | "
-             "labkit stores |", "|---|---:|---:|---|"]
+    lines = [
+        "| float32 matrix (out, in) | row-major GB/s (measured) | column-major GB/s (measured) | "
+        "labkit stores |",
+        "|---|---:|---:|---|",
+    ]
     for r in rows:
         stored = "column-major" if r["shape"][0] >= r["shape"][1] else "row-major"
         lines.append(f"| {r['shape']} | {r['row']:.1f} | {r['column']:.1f} | {stored} |")
@@ -175,16 +203,26 @@ def layout_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict], bandwidth_gb_per_s: float, reference: float | None) -> str:
-    lines = ["| runner | in the target's matrix | tokens/s (measured) | ratio to llama.cpp | weights read / token "
-             "(counted) | bandwidth bound (modelled) | % of bound | other-process CPU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| runner | in the target's matrix | tokens/s (measured) | ratio to llama.cpp | weights read / token "
+        "(counted) | bandwidth bound (modelled) | % of bound | other-process CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         bound = bandwidth_gb_per_s * 1e9 / r["bytes_per_token"]
         ratio = f"{r['tokens_per_s'] / reference:.2f}x" if reference else "n/a"
-        counted = "yes" if r["runner"] in MATRIX else "peer" if r["runner"].startswith("llama.cpp") else "no (extra)"
-        lines.append(f"| {r['runner']} | {counted} | {r['tokens_per_s']:.1f} | {ratio} | "
-                     f"{r['bytes_per_token'] / 1e6:.1f} MB | {bound:.0f} tok/s | "
-                     f"{100 * r['tokens_per_s'] / bound:.0f}% | {100 * r['other_cpu']:.0f}% |")
+        counted = (
+            "yes"
+            if r["runner"] in MATRIX
+            else "peer"
+            if r["runner"].startswith("llama.cpp")
+            else "no (extra)"
+        )
+        lines.append(
+            f"| {r['runner']} | {counted} | {r['tokens_per_s']:.1f} | {ratio} | "
+            f"{r['bytes_per_token'] / 1e6:.1f} MB | {bound:.0f} tok/s | "
+            f"{100 * r['tokens_per_s'] / bound:.0f}% | {100 * r['other_cpu']:.0f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -192,19 +230,29 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     """Per-mode ratios to llama.cpp over the issue's matrix, and the verdict on the best of them."""
     peer = next((r for r in rows if r["runner"].startswith("llama.cpp")), None)
     if peer is None:
-        return ["Target: llama.cpp (llama-cpp-python) is not installed here, so there is no ratio and no verdict."]
+        return [
+            "Target: llama.cpp (llama-cpp-python) is not installed here, so there is no ratio and no verdict."
+        ]
     reference = peer["tokens_per_s"]
     matrix = [r for r in rows if r["runner"] in MATRIX]
-    lines = [f"Target: labkit >= {TARGET_RATIO}x llama.cpp ({reference:.1f} tok/s, measured), judged over the "
-             f"issue's matrix ({len(matrix)} modes; float16 not counted):", ""]
+    lines = [
+        f"Target: labkit >= {TARGET_RATIO}x llama.cpp ({reference:.1f} tok/s, measured), judged over the "
+        f"issue's matrix ({len(matrix)} modes; float16 not counted):",
+        "",
+    ]
     for r in matrix:
         ratio = r["tokens_per_s"] / reference
-        lines.append(f"- {r['runner']}: {ratio:.2f}x -> {'meets' if ratio >= TARGET_RATIO else 'misses'} the target")
+        lines.append(
+            f"- {r['runner']}: {ratio:.2f}x -> {'meets' if ratio >= TARGET_RATIO else 'misses'} the target"
+        )
     best = max(matrix, key=lambda r: r["tokens_per_s"])
     n_met = sum(r["tokens_per_s"] >= TARGET_RATIO * reference for r in matrix)
     met = best["tokens_per_s"] >= TARGET_RATIO * reference
-    lines += ["", f"Verdict: **{'target met' if met else 'target NOT met'}** by the best mode of the matrix "
-              f"({best['runner']}, {best['tokens_per_s'] / reference:.2f}x); {n_met} of {len(matrix)} modes meet it."]
+    lines += [
+        "",
+        f"Verdict: **{'target met' if met else 'target NOT met'}** by the best mode of the matrix "
+        f"({best['runner']}, {best['tokens_per_s'] / reference:.2f}x); {n_met} of {len(matrix)} modes meet it.",
+    ]
     return lines
 
 
@@ -222,8 +270,13 @@ def float32_lines(path: Path, rows: list[dict], quick: bool) -> list[str]:
         finally:
             torch.set_num_threads(threads)
         c = model.config
-        shapes = [(c.dim + 2 * c.n_kv_heads * c.head_dim, c.dim), (c.dim, c.dim), (2 * c.ffn_dim, c.dim),
-                  (c.dim, c.ffn_dim), (c.vocab_size, c.dim)]
+        shapes = [
+            (c.dim + 2 * c.n_kv_heads * c.head_dim, c.dim),
+            (c.dim, c.dim),
+            (2 * c.ffn_dim, c.dim),
+            (c.dim, c.ffn_dim),
+            (c.vocab_size, c.dim),
+        ]
         return sweep_s, sweep_1_thread_s, layout_rows(shapes, (16 if quick else 256) << 20, 2 if quick else 5)
 
     (sweep_s, sweep_1_thread_s, layouts), other = other_cpu_share(measure)
@@ -236,7 +289,7 @@ def float32_lines(path: Path, rows: list[dict], quick: bool) -> list[str]:
         f"is the float32 row's ceiling; with 1 thread: {1e3 * sweep_1_thread_s:.1f} ms); of the float32 row's "
         f"{1e3 * token_s:.1f} ms per token that leaves {1e3 * (token_s - sweep_s):.1f} ms for norms, RoPE, attention, "
         f"the KV cache and Python. Matrix-vector speed by memory order (measured in this run, the shapes of this "
-        f"model; other-process CPU {100 * other:.0f}%; `labkit.weights` picks the order):",
+        f"model; other-process CPU {100 * other:.0f}%; `labkit.runtime.weights` picks the order):",
         "",
         layout_table(layouts),
     ]
@@ -256,52 +309,62 @@ def explanation_lines(rows: list[dict]) -> list[str]:
             f"of weights per token, {f32['bytes_per_token'] / peer['bytes_per_token']:.1f}x llama.cpp's "
             f"{peer['bytes_per_token'] / 1e6:.0f} MB of quantized blocks (both counted), and it can go no faster than "
             "the bare float32 sweep above; where MKL runs torch's float32 matrix-vector products on one core "
-            "(compare the sweep with 1 and with 2 threads), that ceiling is low, and a busy machine lowers it further.")
+            "(compare the sweep with 1 and with 2 threads), that ceiling is low, and a busy machine lowers it further."
+        )
     lines.append(
         "The quantized mode keeps only the file's bytes but has no fused dequantize-in-the-matmul kernel: every "
         "token it dequantizes every weight matrix into float copies with labkit.quant (pure torch), so it is "
-        "compute-bound far below its bandwidth bound; it exists to show the memory/compute trade, not for speed.")
+        "compute-bound far below its bandwidth bound; it exists to show the memory/compute trade, not for speed."
+    )
     f16, bf16 = _row(rows, "labkit dequantized float16"), _row(rows, "labkit dequantized bfloat16")
     if f16 and bf16:
-        flag = {True: "lists", False: "does not list", None: "cannot tell whether it has"}[cpu_flag("avx512_fp16")]
+        flag = {True: "lists", False: "does not list", None: "cannot tell whether it has"}[
+            cpu_flag("avx512_fp16")
+        ]
         lines.append(
             f"float16 (an extra row, not in the target's matrix): dequantized float16 ran "
             f"{f16['tokens_per_s'] / bf16['tokens_per_s']:.2f}x the speed of dequantized bfloat16 in this run, "
             f"with the same bytes per token; torch hands both to oneDNN, whose speed for each depends on the CPU's "
-            f"instructions (this CPU {flag} the avx512_fp16 flag).")
+            f"instructions (this CPU {flag} the avx512_fp16 flag)."
+        )
     return lines
 
 
 # Measured by hand once, on another machine, not by this script: quoted, with its date and machine.
-XEON_NOTE = ("Memory order elsewhere (quoted: measured once by hand on 2026-11-26, not in this run): on an Intel "
-             "Xeon (a GPU machine's host, 2 cores pinned, torch 2.11) the same shapes streamed within 5% of each "
-             "other in both orders (the whole float32 sweep: 27.0 ms row-major, 27.2 ms column-major with 2 "
-             "threads), so the column-major choice costs nothing there.")
+XEON_NOTE = (
+    "Memory order elsewhere (quoted: measured once by hand on 2026-11-26, not in this run): on an Intel "
+    "Xeon (a GPU machine's host, 2 cores pinned, torch 2.11) the same shapes streamed within 5% of each "
+    "other in both orders (the whole float32 sweep: 27.0 ms row-major, 27.2 ms column-major with 2 "
+    "threads), so the column-major choice costs nothing there."
+)
 
 
-def compose_report(header: list[str], rows: list[dict], bandwidth_gb_per_s: float, equality: list[str],
-                   float32: list[str]) -> str:
+def compose_report(
+    header: list[str], rows: list[dict], bandwidth_gb_per_s: float, equality: list[str], float32: list[str]
+) -> str:
     peer = next((r for r in rows if r["runner"].startswith("llama.cpp")), None)
-    return "\n".join([
-        "## Runtime decode speed: labkit vs llama.cpp (bench/bench_runtime.py)",
-        "",
-        *header,
-        "- Bandwidth bound = that bandwidth / weight bytes read per token (modelled: ignores attention, "
-        "KV cache and activations). labkit's quantized mode also writes and re-reads a float copy of each "
-        "block per token, which the bound does not count.",
-        "",
-        *equality,
-        "",
-        table(rows, bandwidth_gb_per_s, peer["tokens_per_s"] if peer else None),
-        "",
-        *verdict_lines(rows),
-        "",
-        *float32,
-        "",
-        *[line for text in explanation_lines(rows) for line in (text, "")],
-        XEON_NOTE,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Runtime decode speed: labkit vs llama.cpp (bench/bench_runtime.py)",
+            "",
+            *header,
+            "- Bandwidth bound = that bandwidth / weight bytes read per token (modelled: ignores attention, "
+            "KV cache and activations). labkit's quantized mode also writes and re-reads a float copy of each "
+            "block per token, which the bound does not count.",
+            "",
+            *equality,
+            "",
+            table(rows, bandwidth_gb_per_s, peer["tokens_per_s"] if peer else None),
+            "",
+            *verdict_lines(rows),
+            "",
+            *float32,
+            "",
+            *[line for text in explanation_lines(rows) for line in (text, "")],
+            XEON_NOTE,
+            "",
+        ]
+    )
 
 
 def measure_bandwidth(quick: bool) -> tuple[list, float]:
@@ -340,16 +403,18 @@ def main() -> int:
     read_rows = "; ".join(f"{r.operation}: {r.gb_per_s:.1f} GB/s" for r in bandwidth_rows)
     header = [
         f"- Date: {datetime.date.today()}; machine: {machine()}; torch {torch.__version__}; "
-        f"{args.threads} threads; batch 1; prompt {len(prompt)} tokens" + ("; --quick smoke run" if args.quick else "")
+        f"{args.threads} threads; batch 1; prompt {len(prompt)} tokens"
+        + ("; --quick smoke run" if args.quick else "")
         + ".",
         f"- Model: {path.name} ({path.stat().st_size:,} bytes).",
-        f"- RAM read bandwidth (the probe's row, `labkit.probe.measure_ram_read`: torch `sum()` over "
+        f"- RAM read bandwidth (the probe's row, `labkit.hierarchy.probe.measure_ram_read`: torch `sum()` over "
         f"{bandwidth.moved_bytes / 2**20:.0f} MiB, median of {bandwidth.repetitions}, measured in this run): "
         f"{read_rows}; the bound uses **{bandwidth.gb_per_s:.1f} GB/s** ({bandwidth.operation}; other-process "
         f"CPU {100 * bandwidth_other:.0f}%).",
     ]
-    report = compose_report(header, rows, bandwidth.gb_per_s, equality_lines(path),
-                            float32_lines(path, rows, args.quick))
+    report = compose_report(
+        header, rows, bandwidth.gb_per_s, equality_lines(path), float32_lines(path, rows, args.quick)
+    )
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

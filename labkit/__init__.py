@@ -1,29 +1,30 @@
 """labkit: measure how model weights travel disk -> RAM -> VRAM.
 
-Modules, in reading order (one per stage of a weight's journey):
+The package reads as the lab's table of contents, one subpackage per chapter:
 
-- ``probe``      this machine's I/O tiers, measured (chapter 1)
-- ``tiers``      the rows of the speed table: measured, quoted or modelled, with sources
-- ``pagecache``  which pages of a file sit in RAM; evicting them, and checking it
-- ``formats``    the table of ggml block layouts
-- ``quant``      GGML block quantization, byte-identical to llama.cpp (chapter 2)
+- ``hierarchy``  this machine's I/O tiers, measured: probe, speed-table rows, page cache (chapter 1)
+- ``quant``      GGML block quantization, byte-identical to llama.cpp; llama.cpp's per-tensor type
+  mixtures and requantizing a file with them (chapter 2)
 - ``gguf``       the GGUF file: a hardened lazy reader and an atomic writer (chapter 3)
-- ``mixtures``   llama.cpp's per-tensor type rules (Q4_K_M, ...)
-- ``requant``    requantizing a GGUF file with those rules
-- ``models``     the default model and synthetic llama-shaped files
-- ``model``      a small llama runtime on labkit's own GGUF stack (chapter 5)
-- ``tokenizer``  text <-> token ids from a GGUF file's metadata
-- ``kvcache``    the KV cache a model keeps between tokens
-- ``weights``    how a loaded model holds its weights: dense floats or quantized bytes
-- ``transfers``  every byte a forward pass moves, hop by hop
-- ``figures``, ``widgets``, ``checks``  plotly figures, ipywidgets panels (need the lab
-  extras) and the exercises' checks, one module per chapter
-- ``cli``        the ``labkit`` command line
-- ``errors``     the one family of errors labkit raises
-- ``peers``      opening llama.cpp (optional) the same way wherever labkit is checked against it
+- ``loading``    eager, lazy (mmap) and partial loads of GGUF, safetensors and .pt, measured (chapter 4)
+- ``runtime``    a small llama runtime on labkit's own GGUF stack, with per-token transfer accounting
+  (chapter 5)
+- ``staging``    a model larger than memory: placement under a budget, pipelined layer streaming
+  (chapter 6)
 
-The core (everything but ``figures`` and ``widgets``) imports with torch, numpy and gguf
-only, plus tokenizers and jinja2 for the runtime.
+Cross-cutting modules at the root:
+
+- ``formats``     the table of ggml block layouts
+- ``modelfiles``  the default model, and synthetic llama-shaped GGUF files of any size
+- ``errors``      the one family of errors labkit raises
+- ``peers``       opening llama.cpp (optional) wherever labkit is checked against it
+- ``cli``         the ``labkit`` command line, one module per chapter
+
+On top, one module per chapter name: ``figures`` (plotly), ``widgets`` (ipywidgets) and ``checks``
+(the exercises' verdicts). Imports run one way: formats -> gguf -> runtime / loading / staging ->
+figures / widgets -> cli / notebooks; ``hierarchy`` stands alone. The core (everything but
+``figures`` and ``widgets``) imports with torch, numpy and gguf only, plus tokenizers and jinja2 for
+the runtime.
 """
 
 from __future__ import annotations

@@ -41,3 +41,20 @@ class OutputPathError(LabkitError, OSError):
 
 class MissingInputError(LabkitError, FileNotFoundError):
     """An input file does not exist; the message names the path."""
+
+
+class LoadError(LabkitError, ValueError):
+    """Weights cannot be loaded as asked: an unknown format, a checkpoint that ``weights_only``
+    refuses, a malformed safetensors header, layers that the file does not have."""
+
+
+class PlanError(LabkitError, ValueError):
+    """Layers cannot be placed as asked: a budget too small for what streaming needs, or a bad setting."""
+
+
+class DeviceUnavailableError(LabkitError, RuntimeError):
+    """A GPU pass was asked for on a machine without one, and no link model was given to project it."""
+
+
+class StagingError(LabkitError, ValueError):
+    """Staged loading cannot run as asked: a bad option, an I/O mode this system refuses, a file that changed."""

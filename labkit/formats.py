@@ -59,11 +59,27 @@ FORMATS: dict[str, Format] = {
         Format("Q5_0", 6, 32, 2 + 4 + 16, "d:f16, qh[4]: 32 high bits, qs[16]: 32 x 4-bit"),
         Format("Q5_1", 7, 32, 2 + 2 + 4 + 16, "d:f16, m:f16, qh[4], qs[16]"),
         Format("Q8_0", 8, 32, 2 + 32, "d:f16, qs[32]: int8"),
-        Format("Q2_K", 10, QK_K, 16 + 64 + 2 + 2, "scales[16]: 4-bit scale|4-bit min, qs[64]: 2-bit, d:f16, dmin:f16"),
+        Format(
+            "Q2_K",
+            10,
+            QK_K,
+            16 + 64 + 2 + 2,
+            "scales[16]: 4-bit scale|4-bit min, qs[64]: 2-bit, d:f16, dmin:f16",
+        ),
         Format("Q3_K", 11, QK_K, 32 + 64 + 12 + 2, "hmask[32], qs[64]: low 2 bits, scales[12]: 6-bit, d:f16"),
-        Format("Q4_K", 12, QK_K, 2 + 2 + K_SCALE_SIZE + 128, "d:f16, dmin:f16, scales[12]: 6-bit, qs[128]: 4-bit"),
-        Format("Q5_K", 13, QK_K, 2 + 2 + K_SCALE_SIZE + 32 + 128, "d:f16, dmin:f16, scales[12], qh[32], qs[128]"),
-        Format("Q6_K", 14, QK_K, 128 + 64 + 16 + 2, "ql[128]: low 4 bits, qh[64]: high 2 bits, scales[16]: int8, d:f16"),
+        Format(
+            "Q4_K", 12, QK_K, 2 + 2 + K_SCALE_SIZE + 128, "d:f16, dmin:f16, scales[12]: 6-bit, qs[128]: 4-bit"
+        ),
+        Format(
+            "Q5_K", 13, QK_K, 2 + 2 + K_SCALE_SIZE + 32 + 128, "d:f16, dmin:f16, scales[12], qh[32], qs[128]"
+        ),
+        Format(
+            "Q6_K",
+            14,
+            QK_K,
+            128 + 64 + 16 + 2,
+            "ql[128]: low 4 bits, qh[64]: high 2 bits, scales[16]: int8, d:f16",
+        ),
     ]
 }
 

@@ -38,7 +38,14 @@ def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512) 
 
     llama_cpp.llama_model_default_params = default_params_without_extra_bufts
     try:
-        return llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                               logits_all=True, flash_attn=False, verbose=False)
+        return llama_cpp.Llama(
+            str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            logits_all=True,
+            flash_attn=False,
+            verbose=False,
+        )
     finally:
         llama_cpp.llama_model_default_params = original

@@ -1,4 +1,4 @@
-"""GPU check for labkit.probe: run the whole probe with CUDA and print its records as JSON.
+"""GPU check for labkit.hierarchy.probe: run the whole probe with CUDA and print its records as JSON.
 
 Run on a machine with a CUDA device (torch only; no plotly needed):
 
@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 from labkit import probe  # noqa: E402
 
-CUDA_ROWS = {"host→device, pageable", "host→device, pinned", "device→host, pinned",
-             "device→device copy"}
+CUDA_ROWS = {"host→device, pageable", "host→device, pinned", "device→host, pinned", "device→device copy"}
 
 
 def main() -> int:
@@ -37,8 +36,10 @@ def main() -> int:
     for record in report:
         first = record.first_run_gb_per_s
         extra = "" if first is None else f" (first run {first:.2f})"
-        print(f"{record.kind:9} {record.tier:11} {record.operation:34} "
-              f"{record.gb_per_s:10.2f} GB/s{extra}", file=sys.stderr)
+        print(
+            f"{record.kind:9} {record.tier:11} {record.operation:34} {record.gb_per_s:10.2f} GB/s{extra}",
+            file=sys.stderr,
+        )
     measured = {record.operation for record in report.of_kind("measured")}
     missing = CUDA_ROWS - measured
     problems = [f"missing measured rows: {sorted(missing)}"] if missing else []

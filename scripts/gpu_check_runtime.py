@@ -26,27 +26,37 @@ from pathlib import Path
 
 import torch
 
-from labkit.model import lab_text, load
-from labkit.transfers import TransferLog, bytes_by_hop
+from labkit.runtime.model import lab_text, load
+from labkit.runtime.transfers import TransferLog, bytes_by_hop
 
 
 def model_path(requested: str | None, folder: Path) -> tuple[Path, str]:
     if requested:
         return Path(requested), "given"
     try:
-        from labkit.models import default_model_path
+        from labkit.modelfiles import default_model_path
 
         return default_model_path(), "default model"
     except Exception:  # not installed on the GPU machine: build a look-alike
-        from labkit.models import synthetic_llama
+        from labkit.modelfiles import synthetic_llama
 
-        path = synthetic_llama(folder / "smollm2_shaped.gguf", n_layers=30, dim=576, n_heads=9, n_kv_heads=3,
-                               ffn_dim=1536, vocab_size=49152, context_length=2048, qtype="Q4_1")
+        path = synthetic_llama(
+            folder / "smollm2_shaped.gguf",
+            n_layers=30,
+            dim=576,
+            n_heads=9,
+            n_kv_heads=3,
+            ffn_dim=1536,
+            vocab_size=49152,
+            context_length=2048,
+            qtype="Q4_1",
+        )
         return path, "synthetic llama of SmolLM2-135M's shape (random weights)"
 
 
-def run_one(path: Path, weights: str, dtype: torch.dtype, ids: list[int], reference: torch.Tensor,
-            n_tokens: int) -> dict:
+def run_one(
+    path: Path, weights: str, dtype: torch.dtype, ids: list[int], reference: torch.Tensor, n_tokens: int
+) -> dict:
     start = time.perf_counter()
     model = load(path, device="cuda", dtype=dtype, weights=weights)
     torch.cuda.synchronize()
@@ -69,12 +79,19 @@ def run_one(path: Path, weights: str, dtype: torch.dtype, ids: list[int], refere
     for hop in ("input ids in", "logits out"):
         rows = [r for r in decode if r.hop == hop and r.time_basis == "measured"]
         median_s = statistics.median(r.elapsed_s for r in rows)
-        measured[hop] = {"size_bytes": rows[0].size_bytes, "median_s": median_s,
-                         "gb_per_s": rows[0].size_bytes / median_s / 1e9, "n": len(rows),
-                         "source": rows[0].source, "destination": rows[0].destination}
+        measured[hop] = {
+            "size_bytes": rows[0].size_bytes,
+            "median_s": median_s,
+            "gb_per_s": rows[0].size_bytes / median_s / 1e9,
+            "n": len(rows),
+            "source": rows[0].source,
+            "destination": rows[0].destination,
+        }
     per_token = {hop: size // n_tokens for hop, size in bytes_by_hop(decode).items()}
     return {
-        "weights": weights, "dtype": str(dtype).removeprefix("torch."), "load_s": load_s,
+        "weights": weights,
+        "dtype": str(dtype).removeprefix("torch."),
+        "load_s": load_s,
         "resident_weight_bytes": model.weights.total_bytes,
         "max_abs_diff_vs_cpu": float((logits - reference).abs().max()),
         "top1_agreement_vs_cpu": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
@@ -102,8 +119,15 @@ def main() -> int:
         ids = cpu.tokenizer.encode(lab_text())[:64]
         reference = cpu.logits(ids)
         del cpu
-        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": path.name,
-                  "model_origin": origin, "prompt_tokens": len(ids), "decode_tokens": args.tokens, "runs": []}
+        result = {
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "model": path.name,
+            "model_origin": origin,
+            "prompt_tokens": len(ids),
+            "decode_tokens": args.tokens,
+            "runs": [],
+        }
         for weights in ("dequantized", "quantized"):
             for dtype in (torch.float32, torch.bfloat16):
                 torch.cuda.reset_peak_memory_stats()

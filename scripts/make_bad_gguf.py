@@ -30,7 +30,9 @@ def kv(key: str | bytes, value_type: int, payload: bytes) -> bytes:
     return s(key) + struct.pack("<I", value_type) + payload
 
 
-def info(name: str | bytes, ne: list[int], type_id: int = F32_TYPE, offset: int = 0, n_dims: int | None = None) -> bytes:
+def info(
+    name: str | bytes, ne: list[int], type_id: int = F32_TYPE, offset: int = 0, n_dims: int | None = None
+) -> bytes:
     n_dims = len(ne) if n_dims is None else n_dims
     return s(name) + struct.pack(f"<I{len(ne)}Q", n_dims, *ne) + struct.pack("<IQ", type_id, offset)
 
@@ -38,11 +40,20 @@ def info(name: str | bytes, ne: list[int], type_id: int = F32_TYPE, offset: int 
 ARCH = kv("general.architecture", STRING, s("demo"))
 
 
-def gguf(kvs: list[bytes], infos: list[bytes], data: bytes = b"", *, version: int = 3,
-         n_tensors: int | None = None, n_kv: int | None = None, alignment: int = 32) -> bytes:
+def gguf(
+    kvs: list[bytes],
+    infos: list[bytes],
+    data: bytes = b"",
+    *,
+    version: int = 3,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    alignment: int = 32,
+) -> bytes:
     """Assemble header + metadata + tensor infos + padding + data."""
-    head = b"GGUF" + struct.pack("<IQQ", version, len(infos) if n_tensors is None else n_tensors,
-                                 len(kvs) if n_kv is None else n_kv)
+    head = b"GGUF" + struct.pack(
+        "<IQQ", version, len(infos) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv
+    )
     body = head + b"".join(kvs) + b"".join(infos)
     return body + bytes(-len(body) % alignment) + data
 
@@ -80,14 +91,26 @@ def cases() -> dict[str, bytes]:
         "string_past_end": gguf([kv("x.s", STRING, struct.pack("<Q", 1 << 40) + b"abc")], [], b""),
         "string_not_utf8": gguf([kv("x.s", STRING, s(b"caf\xe9"))], t8, d32),
         "huge_array_count": gguf([kv("x.a", ARRAY, struct.pack("<IQ", U32, 2**62))], [], b""),
-        "array_string_overflow": gguf([kv("x.a", ARRAY, struct.pack("<IQ", STRING, 2) + s("ok") +
-                                          struct.pack("<Q", 2**64 - 1) + b"xx")], [], b""),
-        "nested_array": gguf([kv("x.a", ARRAY, struct.pack("<IQ", ARRAY, 1) + struct.pack("<IQ", U8, 1) + b"\x01")],
-                             t8, d32),
+        "array_string_overflow": gguf(
+            [
+                kv(
+                    "x.a",
+                    ARRAY,
+                    struct.pack("<IQ", STRING, 2) + s("ok") + struct.pack("<Q", 2**64 - 1) + b"xx",
+                )
+            ],
+            [],
+            b"",
+        ),
+        "nested_array": gguf(
+            [kv("x.a", ARRAY, struct.pack("<IQ", ARRAY, 1) + struct.pack("<IQ", U8, 1) + b"\x01")], t8, d32
+        ),
         "array_unknown_type": gguf([kv("x.a", ARRAY, struct.pack("<IQ", 99, 1) + b"\x00" * 8)], t8, d32),
         "bool_array_7": gguf([kv("x.a", ARRAY, struct.pack("<IQ", BOOL, 3) + b"\x01\x00\x07")], t8, d32),
         "alignment_wrong_type": gguf([ARCH, kv("general.alignment", U64, struct.pack("<Q", 32))], t8, d32),
-        "alignment_not_pow2": gguf([ARCH, kv("general.alignment", U32, struct.pack("<I", 48))], t8, d32, alignment=48),
+        "alignment_not_pow2": gguf(
+            [ARCH, kv("general.alignment", U32, struct.pack("<I", 48))], t8, d32, alignment=48
+        ),
         "alignment_zero": gguf([ARCH, kv("general.alignment", U32, struct.pack("<I", 0))], t8, d32),
         "tensor_name_too_long": gguf([ARCH], [info("n" * 64, [8])], d32),
         "tensor_name_not_utf8": gguf([ARCH], [info(b"w\xc3(", [8])], d32),
@@ -103,8 +126,9 @@ def cases() -> dict[str, bytes]:
         "overlapping_tensors": gguf([ARCH], [info("a", [16]), info("b", [8], offset=32)], d32 + d32),
         "truncated_data": valid()[:-40],
         "truncated_metadata": gguf([kv("x.s", STRING, s("z" * 200))], t8, d32)[:150],
-        "array_string_not_utf8": gguf([kv("x.a", ARRAY, struct.pack("<IQ", STRING, 2) + s("ok") + s(b"\xc0\xaf"))],
-                                      t8, d32),
+        "array_string_not_utf8": gguf(
+            [kv("x.a", ARRAY, struct.pack("<IQ", STRING, 2) + s("ok") + s(b"\xc0\xaf"))], t8, d32
+        ),
     }
 
 

@@ -39,8 +39,10 @@ FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "llama_cp
 # runner-up by >= 0.5 logits at every step, more than the ~0.2 logits by which an independent float
 # implementation can differ from llama.cpp's 8-bit-activation kernels (see tests/test_model_llama_cpp.py).
 CHAT_USER = "Name the days of the week."
-PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-          f"<|im_start|>user\n{CHAT_USER}<|im_end|>\n<|im_start|>assistant\n")
+PROMPT = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    f"<|im_start|>user\n{CHAT_USER}<|im_end|>\n<|im_start|>assistant\n"
+)
 N_GREEDY = 32
 N_TOP = 64
 TOKENIZER_TEXTS = [
@@ -71,7 +73,8 @@ def chat_prompt(llm: object, messages: list[dict[str, str]]) -> str:
 
     template = llama_cpp.llama_model_chat_template(llm.model, None)  # type: ignore[attr-defined]
     array = (llama_cpp.llama_chat_message * len(messages))(
-        *[llama_cpp.llama_chat_message(m["role"].encode(), m["content"].encode()) for m in messages])
+        *[llama_cpp.llama_chat_message(m["role"].encode(), m["content"].encode()) for m in messages]
+    )
     buffer = ctypes.create_string_buffer(4096)
     n = llama_cpp.llama_chat_apply_template(template, array, len(messages), True, buffer, len(buffer))
     return buffer.raw[:n].decode("utf-8")
@@ -112,7 +115,7 @@ def greedy(llm: object, ids: list[int], n: int) -> tuple[list[int], list[float]]
 def main() -> int:
     import llama_cpp
 
-    from labkit.models import default_model_path
+    from labkit.modelfiles import default_model_path
 
     model_path = default_model_path()
     llm = open_llama(model_path)
@@ -121,16 +124,36 @@ def main() -> int:
     fixture = {
         "made_by": "scripts/make_llama_cpp_fixture.py",
         "llama_cpp_python": llama_cpp.__version__,
-        "model": {"file": model_path.name, "size_bytes": model_path.stat().st_size,
-                  "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()},
-        "settings": {"device": "cpu", "n_threads": 2, "n_ctx": 512, "kv_cache": "f16", "flash_attn": False,
-                     "use_extra_bufts": False},
-        "tokenizer": [{"text": text, "parse_special": special, "ids": tokenize(llm, text, special)}
-                      for text in TOKENIZER_TEXTS for special in (True, False)],
-        "chat": {"messages": CHAT, "template_prompt": PROMPT, "llama_cpp_builtin_prompt": chat_prompt(llm, CHAT)},
+        "model": {
+            "file": model_path.name,
+            "size_bytes": model_path.stat().st_size,
+            "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        },
+        "settings": {
+            "device": "cpu",
+            "n_threads": 2,
+            "n_ctx": 512,
+            "kv_cache": "f16",
+            "flash_attn": False,
+            "use_extra_bufts": False,
+        },
+        "tokenizer": [
+            {"text": text, "parse_special": special, "ids": tokenize(llm, text, special)}
+            for text in TOKENIZER_TEXTS
+            for special in (True, False)
+        ],
+        "chat": {
+            "messages": CHAT,
+            "template_prompt": PROMPT,
+            "llama_cpp_builtin_prompt": chat_prompt(llm, CHAT),
+        },
         "prompt": {"text": PROMPT, "ids": prompt_ids, **prompt_record(llm, prompt_ids)},
-        "greedy": {"n": N_GREEDY, "ids": continuation, "margins": margins,
-                   "text": llm.detokenize(continuation).decode("utf-8", errors="replace")},
+        "greedy": {
+            "n": N_GREEDY,
+            "ids": continuation,
+            "margins": margins,
+            "text": llm.detokenize(continuation).decode("utf-8", errors="replace"),
+        },
     }
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     FIXTURE.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -28,8 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-               "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+QUANT_TYPES = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
 ROW_LENGTH = 512  # two K-quant super-blocks, sixteen legacy blocks
 
 
@@ -89,7 +102,7 @@ def _rounding_ties(rng: np.random.Generator, rows: int) -> np.ndarray:
 def real_weights(rows: int) -> np.ndarray:
     """Rows of the default model's weights (dequantized), regrouped into rows of ROW_LENGTH."""
     from labkit import gguf
-    from labkit.models import default_model_path
+    from labkit.modelfiles import default_model_path
 
     wanted = ["blk.0.attn_q.weight", "blk.5.ffn_down.weight", "token_embd.weight", "blk.3.attn_norm.weight"]
     per_tensor = rows * ROW_LENGTH // len(wanted)
@@ -132,7 +145,9 @@ def _library_name(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests/fixtures/quant")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests/fixtures/quant"
+    )
     parser.add_argument("--rows", type=int, default=8, help="rows per synthetic class")
     parser.add_argument("--real-rows", type=int, default=32, help="rows of real weights")
     parser.add_argument("--seed", type=int, default=2024)

@@ -32,15 +32,26 @@ from pathlib import Path
 
 import gguf
 
-from labkit.models import default_model_path
-from labkit.mixtures import FILE_TYPES, resolve_type
+from labkit.modelfiles import default_model_path
+from labkit.quant.mixtures import FILE_TYPES, resolve_type
 
 OUT_PATH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "requant" / "llama_cpp_types.json"
 # (the --type argument, pure): the four mixtures of issue 4, the other K mixtures, two pure types.
 RUNS = [
-    ("Q4_K_M", False), ("Q5_K_M", False), ("Q6_K", False), ("Q8_0", False),
-    ("Q4_0", False), ("Q2_K", False), ("Q3_K_S", False), ("Q3_K_M", False), ("Q3_K_L", False),
-    ("Q4_K_S", False), ("Q5_K_S", False), ("F16", False), ("Q4_K", True), ("Q5_0", True),
+    ("Q4_K_M", False),
+    ("Q5_K_M", False),
+    ("Q6_K", False),
+    ("Q8_0", False),
+    ("Q4_0", False),
+    ("Q2_K", False),
+    ("Q3_K_S", False),
+    ("Q3_K_M", False),
+    ("Q3_K_L", False),
+    ("Q4_K_S", False),
+    ("Q5_K_S", False),
+    ("F16", False),
+    ("Q4_K", True),
+    ("Q5_0", True),
 ]
 HASHED = {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}  # per-tensor hashes kept for these (keeps the file small)
 _QUIET_LOG = None

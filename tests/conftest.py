@@ -18,6 +18,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     """The default model's GGUF file (installed by the set-up; see README)."""
-    from labkit.models import default_model_path
+    from labkit.modelfiles import default_model_path
 
     return default_model_path()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from labkit import probe
-from labkit.cli import main, parse_size
+from labkit.cli import main
+from labkit.cli.common import parse_size
+from labkit.hierarchy import probe
 
 MiB = 1 << 20
 
 
-def test_json_output_parses_and_leaves_no_files(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_output_parses_and_leaves_no_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["probe", "--size", "16M", "--repeats", "1", "--json", "--tmp-dir", str(tmp_path)])
     out = capsys.readouterr()
     assert code == 0 and out.err == ""  # --json stays quiet
@@ -28,10 +28,10 @@ def test_json_output_parses_and_leaves_no_files(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_table_shows_measured_and_quoted(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["probe", "--size", "16M", "--block", "256K", "--repeats", "1", "--quiet",
-                 "--tmp-dir", str(tmp_path)])
+def test_table_shows_measured_and_quoted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["probe", "--size", "16M", "--block", "256K", "--repeats", "1", "--quiet", "--tmp-dir", str(tmp_path)]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["kind", "tier", "operation"]
     assert any(line.startswith("measured  disk") for line in lines)
@@ -50,10 +50,18 @@ def test_unparsable_size_exits_with_usage(capsys: pytest.CaptureFixture[str]) ->
     assert exit_info.value.code == 2 and "not a size" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("text", "size_bytes"), [
-    ("4096", 4096), ("256M", 256 * MiB), ("1GiB", 1 << 30), ("1.5K", 1536),
-    ("500MB", 500 * 10**6), ("2 g", 2 << 30), ("64mib", 64 * MiB),
-])
+@pytest.mark.parametrize(
+    ("text", "size_bytes"),
+    [
+        ("4096", 4096),
+        ("256M", 256 * MiB),
+        ("1GiB", 1 << 30),
+        ("1.5K", 1536),
+        ("500MB", 500 * 10**6),
+        ("2 g", 2 << 30),
+        ("64mib", 64 * MiB),
+    ],
+)
 def test_parse_size(text: str, size_bytes: int) -> None:
     assert parse_size(text) == size_bytes
 
@@ -64,11 +72,18 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
-@pytest.mark.parametrize(("argv", "tty", "progress"), [
-    ([], True, True), ([], False, False), (["--quiet"], True, False), (["--json"], True, False),
-])
-def test_progress_bar_only_on_a_terminal(argv: list[str], tty: bool, progress: bool,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("argv", "tty", "progress"),
+    [
+        ([], True, True),
+        ([], False, False),
+        (["--quiet"], True, False),
+        (["--json"], True, False),
+    ],
+)
+def test_progress_bar_only_on_a_terminal(
+    argv: list[str], tty: bool, progress: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = {}
     fake = probe.ProbeReport(tuple(probe.quoted_records()), ("a note",), MiB, MiB)
 

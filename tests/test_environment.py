@@ -73,6 +73,8 @@ def test_run_sh_parses_and_an_unknown_command_prints_the_usage(tmp_path: Path) -
     # A missing interpreter and a fresh HOME: any set-up step would fail loudly or print "installing".
     env = {**os.environ, "PYTHON": str(tmp_path / "no-python"), "HOME": str(tmp_path)}
     for args in (["bogus"], []):
-        done = subprocess.run([str(ROOT / "run.sh"), *args], capture_output=True, text=True, env=env, timeout=30)
+        done = subprocess.run(
+            [str(ROOT / "run.sh"), *args], capture_output=True, text=True, env=env, timeout=30
+        )
         assert done.returncode == 2, done.stderr
         assert done.stdout == "" and done.stderr == "usage: ./run.sh lab | ./run.sh test [pytest args]\n"

@@ -35,22 +35,52 @@ from labkit.errors import QuantizationError
 from labkit.gguf.strings import StringArray
 
 MAX_EXAMPLES = int(os.environ.get("LABKIT_FUZZ_EXAMPLES", "300"))
-U64_VALUES = [0, 1, 2, 3, 7, 8, 31, 32, 33, 63, 64, 255, 256, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62,
-              2**63 - 1, 2**63, 2**64 - 1]
+U64_VALUES = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    31,
+    32,
+    33,
+    63,
+    64,
+    255,
+    256,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**62,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+]
 U32_VALUES = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 30, 31, 39, 42, 255, 2**16, 2**31, 2**32 - 1]
 
 
 def _seed_files() -> list[bytes]:
     folder = Path(tempfile.mkdtemp(prefix="labkit-fuzz-seed-"))
     metadata = {
-        "general.architecture": "demo", "x.s": "héllo", "x.strings": ["ab", "", "cde", "ü"], "x.ints": [1, -2, 3],
-        "x.f": 0.5, "x.b": True, "x.u64": lg.Typed("UINT64", 2**40), "x.bools": [True, False],
-        "x.i8": lg.Typed("INT8", [-1, 2]), "x.f64": lg.Typed("FLOAT64", 1.25),
+        "general.architecture": "demo",
+        "x.s": "héllo",
+        "x.strings": ["ab", "", "cde", "ü"],
+        "x.ints": [1, -2, 3],
+        "x.f": 0.5,
+        "x.b": True,
+        "x.u64": lg.Typed("UINT64", 2**40),
+        "x.bools": [True, False],
+        "x.i8": lg.Typed("INT8", [-1, 2]),
+        "x.f64": lg.Typed("FLOAT64", 1.25),
     }
     first = lg.write(folder / "a.gguf", {"a": torch.ones(2, 8), "b": torch.arange(8.0).half()}, metadata)
     q8 = quant.quantize(torch.linspace(-1, 1, 64).reshape(2, 32), "Q8_0")
-    sources = [lg.TensorSource("q", (2, 32), "Q8_0", lambda: q8),
-               lg.TensorSource("bf", (4,), "BF16", lambda: torch.ones(4))]
+    sources = [
+        lg.TensorSource("q", (2, 32), "Q8_0", lambda: q8),
+        lg.TensorSource("bf", (4,), "BF16", lambda: torch.ones(4)),
+    ]
     second = lg.write(folder / "b.gguf", sources, {"tokenizer.ggml.tokens": ["<s>", "a", "b"]}, alignment=8)
     seeds = [first.read_bytes(), second.read_bytes()]
     shutil.rmtree(folder)
@@ -75,7 +105,7 @@ def mutants(draw: st.DrawFn) -> bytes:
             value = draw(st.sampled_from([*U64_VALUES, len(data), len(data) - pos]))
             struct.pack_into("<Q", data, pos, value % 2**64)
         elif kind == "truncate":
-            del data[draw(st.integers(0, len(data))):]
+            del data[draw(st.integers(0, len(data))) :]
         elif kind == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "delete":
@@ -92,7 +122,7 @@ def _read_everything(f: lg.GGUFFile) -> None:
                 pass  # a bad UTF-8 string inside an array: reported when read, as designed
     regions = f.layout()
     assert sum(r.n_bytes for r in regions) == f.file_size_bytes
-    assert all(a.end == b.start for a, b in zip(regions, regions[1:]))
+    assert all(a.end == b.start for a, b in zip(regions, regions[1:], strict=False))
     for name, info in f.tensors.items():
         assert f.raw(name).numel() == info.n_bytes
         try:
@@ -102,8 +132,12 @@ def _read_everything(f: lg.GGUFFile) -> None:
         assert tuple(values.shape) == info.shape and values.dtype == torch.float32
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=5000, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=5000,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=mutants())
 def test_mutated_files_open_or_raise_gguf_format_error(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:

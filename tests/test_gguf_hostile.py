@@ -57,7 +57,7 @@ EXPECTED = {
     "data_past_end": r"byte 93 \(tensor_info\[0\] 'a'\.offset\): data .* ends past the end of the file",
     "overlapping_tensors": r"byte 126 \(tensor_info\[1\] 'b'\.offset\): data starts at byte 192, inside tensor 'a'",
     "truncated_data": r"byte 93 \(tensor_info\[0\] 'a'\.offset\): data \[160, 192\) ends past the end of the file "
-                      r"\(184 bytes\)",
+    r"\(184 bytes\)",
     "truncated_metadata": r"byte 47 \(metadata\[0\] 'x\.s'\): needs 200 bytes but only 103 are left",
 }
 LAZY = {  # opens (the value is only decoded on access), then fails when read
@@ -103,7 +103,13 @@ def test_bad_string_in_an_array_is_rejected_when_read(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def small_valid(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    metadata = {"general.architecture": "demo", "x.s": ["ab", "", "cde"], "x.n": [1, 2, 3], "x.f": 0.5, "x.b": True}
+    metadata = {
+        "general.architecture": "demo",
+        "x.s": ["ab", "", "cde"],
+        "x.n": [1, 2, 3],
+        "x.f": 0.5,
+        "x.b": True,
+    }
     tensors = {"a": torch.ones(2, 8), "b": torch.arange(8.0).half()}
     return lg.write(tmp_path_factory.mktemp("valid") / "v.gguf", tensors, metadata).read_bytes()
 
@@ -124,16 +130,26 @@ def test_every_truncation_is_rejected(small_valid: bytes, tmp_path: Path) -> Non
 
 def test_deep_array_nesting_is_refused_without_recursion(tmp_path: Path) -> None:
     nested = struct.pack("<IQ", 9, 1) * 100_000 + struct.pack("<IQ", 0, 0)  # ARRAY of ARRAY of ... 100k deep
-    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"x.a" + struct.pack("<I", 9) + nested
+    body = (
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"x.a" + struct.pack("<I", 9) + nested
+    )
     path = tmp_path / "deep.gguf"
     path.write_bytes(body)
-    with pytest.raises(lg.GGUFFormatError, match=r"byte 51 \(metadata\[0\] 'x\.a'\[0\]\): arrays nested 2 deep"):
+    with pytest.raises(
+        lg.GGUFFormatError, match=r"byte 51 \(metadata\[0\] 'x\.a'\[0\]\): arrays nested 2 deep"
+    ):
         lg.open(path)
 
 
 def test_many_empty_strings_cost_no_more_than_the_file(tmp_path: Path) -> None:
     count = 200_000  # 8 bytes each on disk, one int64 each in labkit
-    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"x.a" + struct.pack("<IIQ", 9, 8, count)
+    body = (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", 3)
+        + b"x.a"
+        + struct.pack("<IIQ", 9, 8, count)
+    )
     path = tmp_path / "empties.gguf"
     path.write_bytes(body + bytes(8 * count))
     with lg.open(path) as f:
@@ -143,13 +159,17 @@ def test_many_empty_strings_cost_no_more_than_the_file(tmp_path: Path) -> None:
 
 
 def test_string_array_ending_exactly_at_the_file_end_is_fine(tmp_path: Path) -> None:
-    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"x.a" + struct.pack("<IIQ", 9, 8, 1)
+    body = (
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"x.a" + struct.pack("<IIQ", 9, 8, 1)
+    )
     path = tmp_path / "exact.gguf"
     path.write_bytes(body + struct.pack("<Q", 3) + b"abc")
     with lg.open(path) as f:
         assert f.metadata["x.a"] == ["abc"]
     path.write_bytes(body + struct.pack("<Q", 4) + b"abc")
-    with pytest.raises(lg.GGUFFormatError, match=r"byte 51 \(metadata\[0\] 'x\.a'\[0\] length\): string of 4 bytes"):
+    with pytest.raises(
+        lg.GGUFFormatError, match=r"byte 51 \(metadata\[0\] 'x\.a'\[0\] length\): string of 4 bytes"
+    ):
         lg.open(path)
 
 
@@ -158,12 +178,16 @@ def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
         lg.open(tmp_path / "nope.gguf")
 
 
-@pytest.mark.parametrize(("n_tensors", "n_kv", "message"), [
-    (2**17 + 1, 0, r"byte 8 \(header\.tensor_count\): 131073 tensors; labkit reads at most 131072"),
-    (0, 2**16 + 1, r"byte 16 \(header\.kv_count\): 65537 key-value pairs; labkit reads at most 65536"),
-])
-def test_absurd_counts_are_capped_even_when_the_bytes_are_there(tmp_path: Path, n_tensors: int, n_kv: int,
-                                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("n_tensors", "n_kv", "message"),
+    [
+        (2**17 + 1, 0, r"byte 8 \(header\.tensor_count\): 131073 tensors; labkit reads at most 131072"),
+        (0, 2**16 + 1, r"byte 16 \(header\.kv_count\): 65537 key-value pairs; labkit reads at most 65536"),
+    ],
+)
+def test_absurd_counts_are_capped_even_when_the_bytes_are_there(
+    tmp_path: Path, n_tensors: int, n_kv: int, message: str
+) -> None:
     path = tmp_path / "many.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + bytes(33 * n_tensors + 14 * n_kv))
     with pytest.raises(lg.GGUFFormatError, match=message):

@@ -102,12 +102,14 @@ def test_unknown_tensor_name_is_a_key_error(model: lg.GGUFFile) -> None:
 def test_layout_covers_every_byte_once(model: lg.GGUFFile) -> None:
     regions = model.layout()
     assert regions[0] == lg.Region("header", "", 0, 24)
-    assert all(a.end == b.start for a, b in zip(regions, regions[1:]))
+    assert all(a.end == b.start for a, b in zip(regions, regions[1:], strict=False))
     assert regions[-1].end == model.file_size_bytes
     assert sum(r.n_bytes for r in regions) == model.file_size_bytes
     assert {r.kind for r in regions} <= set(lg.REGION_KINDS)
     kinds = [r.kind for r in regions]
-    assert kinds.count("metadata") == 33 and kinds.count("tensor") == 272 and kinds.count("tensor_info") == 272
+    assert (
+        kinds.count("metadata") == 33 and kinds.count("tensor") == 272 and kinds.count("tensor_info") == 272
+    )
     tokens = next(r for r in regions if r.name == "tokenizer.ggml.tokens" and r.kind == "metadata")
     assert tokens.n_bytes > 49_152 * 8  # the vocabulary's length prefixes alone
 
@@ -118,8 +120,17 @@ def test_layout_shows_padding_and_unused_gaps(tmp_path: Path) -> None:
     with lg.open(path) as f:
         regions = f.layout()
     kinds = [r.kind for r in regions]
-    assert kinds == ["header", "metadata", "tensor_info", "tensor_info", "padding", "tensor", "padding", "tensor",
-                     "padding"]
+    assert kinds == [
+        "header",
+        "metadata",
+        "tensor_info",
+        "tensor_info",
+        "padding",
+        "tensor",
+        "padding",
+        "tensor",
+        "padding",
+    ]
     assert regions[5].n_bytes == 12 and regions[6].n_bytes == 64 - 12
     # move tensor "b" one more alignment step out: the 64 bytes it skips are "unused"
     info_b = regions[3]
@@ -195,14 +206,20 @@ def test_typed_metadata_round_trips_exact_types(model: lg.GGUFFile, tmp_path: Pa
 # --- labkit inspect -----------------------------------------------------------------------
 
 
-def test_cli_inspect_prints_summary_metadata_and_tensors(default_model: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_inspect_prints_summary_metadata_and_tensors(
+    default_model: Path, capsys: pytest.CaptureFixture
+) -> None:
     from labkit.cli import main
 
     assert main(["inspect", str(default_model)]) == 0
     out = capsys.readouterr().out
     assert "architecture   llama" in out
     assert "file size      98,362,432 bytes (measured)" in out
-    assert "Q4_1       210 tensors" in out and "Q8_0         1 tensors" in out and "F32         61 tensors" in out
+    assert (
+        "Q4_1       210 tensors" in out
+        and "Q8_0         1 tensors" in out
+        and "F32         61 tensors" in out
+    )
     assert "tokenizer.ggml.tokens" in out and "[49152 items: '<|endoftext|>', '<|im_start|>'" in out
     assert "..." in out and "Ġ t" in out  # long arrays are elided after a few items
     assert "token_embd.weight                  Q8_0   49152x576" in out
@@ -218,10 +235,16 @@ def test_cli_inspect_json(default_model: Path, capsys: pytest.CaptureFixture) ->
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["n_tensors"] == 272 and report["summary"]["architecture"] == "llama"
     assert report["summary"]["types"]["Q4_1"]["count"] == 210
-    assert sum(row["n_bytes"] for row in report["summary"]["types"].values()) == report["summary"]["tensor_data_bytes"]
+    assert (
+        sum(row["n_bytes"] for row in report["summary"]["types"].values())
+        == report["summary"]["tensor_data_bytes"]
+    )
     tokens = next(m for m in report["metadata"] if m["key"] == "tokenizer.ggml.tokens")
-    assert tokens == {"key": "tokenizer.ggml.tokens", "type": "ARRAY[STRING]",
-                      "value": {"length": 49152, "head": ["<|endoftext|>", "<|im_start|>"]}}
+    assert tokens == {
+        "key": "tokenizer.ggml.tokens",
+        "type": "ARRAY[STRING]",
+        "value": {"length": 49152, "head": ["<|endoftext|>", "<|im_start|>"]},
+    }
     first = report["tensors"][0]
     assert first["name"] == "token_embd.weight" and first["shape"] == [49152, 576] and first["type"] == "Q8_0"
 

@@ -44,7 +44,14 @@ def test_bytes_equal_gguf_py_writer(tmp_path: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    metadata = {"general.architecture": "demo", "x.u": 7, "x.s": "hé", "x.ls": ["a", "bb"], "x.f": 0.5, "x.b": True}
+    metadata = {
+        "general.architecture": "demo",
+        "x.u": 7,
+        "x.s": "hé",
+        "x.ls": ["a", "bb"],
+        "x.f": 0.5,
+        "x.b": True,
+    }
     mine = lg.write(tmp_path / "mine.gguf", {"a": torch.from_numpy(a), "b": torch.from_numpy(b)}, metadata)
     assert mine.read_bytes() == (tmp_path / "ref.gguf").read_bytes()
 
@@ -81,17 +88,20 @@ def test_metadata_type_rules(tmp_path: Path, value, type_name: str, read_back) -
     assert field.contents() == read_back
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ([], "empty list"),
-    ([[1], [2]], "only str, only bool, or only numbers"),
-    (2**70, "does not fit in 64 bits"),
-    (lg.Typed("UINT128", 1), "unknown type"),
-    (lg.Typed("UINT8", [300]), "do not fit in ARRAY\\[UINT8\\]"),
-    (lg.Typed("INT32", [1.5]), "do not fit"),
-    (lg.Typed("UINT32", -1), "not a valid UINT32"),
-    (lg.Typed("BOOL", 2), "must be True/False"),
-    ({"a": 1}, "cannot store a dict"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "empty list"),
+        ([[1], [2]], "only str, only bool, or only numbers"),
+        (2**70, "does not fit in 64 bits"),
+        (lg.Typed("UINT128", 1), "unknown type"),
+        (lg.Typed("UINT8", [300]), "do not fit in ARRAY\\[UINT8\\]"),
+        (lg.Typed("INT32", [1.5]), "do not fit"),
+        (lg.Typed("UINT32", -1), "not a valid UINT32"),
+        (lg.Typed("BOOL", 2), "must be True/False"),
+        ({"a": 1}, "cannot store a dict"),
+    ],
+)
 def test_bad_metadata_is_refused(tmp_path: Path, value, message: str) -> None:
     with pytest.raises(lg.GGUFFormatError, match=message):
         lg.write(tmp_path / "m.gguf", {}, {"k.v": value})
@@ -116,14 +126,18 @@ def test_round_trip_through_gguf_py_and_labkit(tmp_path: Path) -> None:
             assert np.array_equal(np.asarray(reference[name].data).reshape(-1).view(np.uint8), expected)
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize(
+    "qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+)
 def test_quantized_sources_are_written_with_labkit_quant(tmp_path: Path, qtype: str) -> None:
     values = torch.randn(4, 512, generator=torch.Generator().manual_seed(1))
     path = lg.write(tmp_path / "q.gguf", [lg.TensorSource("w", (4, 512), qtype, lambda: values)], {})
     with lg.open(path) as f:
         assert f.tensors["w"].qtype == qtype
         assert torch.equal(f.raw("w"), quant.quantize(values, qtype).reshape(-1))
-        torch.testing.assert_close(f.tensor("w"), quant.dequantize(quant.quantize(values, qtype), qtype, (4, 512)))
+        torch.testing.assert_close(
+            f.tensor("w"), quant.dequantize(quant.quantize(values, qtype), qtype, (4, 512))
+        )
     ref = gguf.GGUFReader(path).tensors[0]
     decoded = gguf.quants.dequantize(np.asarray(ref.data), ref.tensor_type).reshape(4, 512)
     torch.testing.assert_close(torch.from_numpy(decoded), lg.open(path).tensor("w"), rtol=0, atol=1e-6)
@@ -147,6 +161,7 @@ def test_sources_load_one_at_a_time_in_order(tmp_path: Path) -> None:
             tensor = torch.full((1024,), float(len(calls)))
             alive.append(weakref.ref(tensor))
             return tensor
+
         return load
 
     sources = [lg.TensorSource(f"t{i}", (1024,), "F32", loader(f"t{i}")) for i in range(4)]
@@ -164,7 +179,10 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path: Path, erro
     def explode() -> torch.Tensor:
         raise error
 
-    sources = [lg.TensorSource("ok", (8,), "F32", lambda: torch.ones(8)), lg.TensorSource("bad", (8,), "F32", explode)]
+    sources = [
+        lg.TensorSource("ok", (8,), "F32", lambda: torch.ones(8)),
+        lg.TensorSource("bad", (8,), "F32", explode),
+    ]
     with pytest.raises(type(error)):
         lg.write(target, sources, {})
     assert target.read_bytes() == b"the old file"
@@ -192,31 +210,37 @@ def test_alignment_is_written_and_honoured(tmp_path: Path, alignment: int) -> No
     assert gguf.GGUFReader(path).alignment == alignment
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"alignment": 48}, "power of two"),
-    ({"alignment": 0}, "power of two"),
-    ({"metadata": {"general.alignment": 64}}, "disagrees"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alignment": 48}, "power of two"),
+        ({"alignment": 0}, "power of two"),
+        ({"metadata": {"general.alignment": 64}}, "disagrees"),
+    ],
+)
 def test_bad_alignment_is_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
     metadata = kwargs.pop("metadata", {})
     with pytest.raises(lg.GGUFFormatError, match=message):
         lg.write(tmp_path / "x.gguf", {"a": torch.ones(2)}, metadata, **kwargs)
 
 
-@pytest.mark.parametrize(("sources", "message"), [
-    ([lg.TensorSource("", (4,), "F32", torch.ones)], "names are 1..63"),
-    ([lg.TensorSource("n" * 64, (4,), "F32", torch.ones)], "names are 1..63"),
-    ([lg.TensorSource("a", (4,), "F32", torch.ones)] * 2, "twice"),
-    ([lg.TensorSource("a", (0, 4), "F32", torch.ones)], "each >= 1"),
-    ([lg.TensorSource("a", (1, 1, 1, 1, 4), "F32", torch.ones)], "1..4 dims"),
-    ([lg.TensorSource("a", (2, 48), "Q8_0", torch.ones)], "not a multiple of the block size 32"),
-    ([lg.TensorSource("a", (4,), "Q9_9", torch.ones)], "unknown type"),
-    ([lg.TensorSource("a", (4,), "F32", lambda: torch.ones(5))], "expected floats of shape"),
-    ([lg.TensorSource("a", (4,), "F32", lambda: torch.ones(4, dtype=torch.int32))], "expected floats"),
-    ([lg.TensorSource("a", (32,), "Q8_0", lambda: torch.zeros(33, dtype=torch.uint8))], "takes 34"),
-    ([lg.TensorSource("a", (32,), "IQ4_NL", lambda: torch.zeros(32))], "cannot encode IQ4_NL"),
-    ({"a": torch.zeros(4, dtype=torch.uint8)}, "use TensorSource"),
-])
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ([lg.TensorSource("", (4,), "F32", torch.ones)], "names are 1..63"),
+        ([lg.TensorSource("n" * 64, (4,), "F32", torch.ones)], "names are 1..63"),
+        ([lg.TensorSource("a", (4,), "F32", torch.ones)] * 2, "twice"),
+        ([lg.TensorSource("a", (0, 4), "F32", torch.ones)], "each >= 1"),
+        ([lg.TensorSource("a", (1, 1, 1, 1, 4), "F32", torch.ones)], "1..4 dims"),
+        ([lg.TensorSource("a", (2, 48), "Q8_0", torch.ones)], "not a multiple of the block size 32"),
+        ([lg.TensorSource("a", (4,), "Q9_9", torch.ones)], "unknown type"),
+        ([lg.TensorSource("a", (4,), "F32", lambda: torch.ones(5))], "expected floats of shape"),
+        ([lg.TensorSource("a", (4,), "F32", lambda: torch.ones(4, dtype=torch.int32))], "expected floats"),
+        ([lg.TensorSource("a", (32,), "Q8_0", lambda: torch.zeros(33, dtype=torch.uint8))], "takes 34"),
+        ([lg.TensorSource("a", (32,), "IQ4_NL", lambda: torch.zeros(32))], "cannot encode IQ4_NL"),
+        ({"a": torch.zeros(4, dtype=torch.uint8)}, "use TensorSource"),
+    ],
+)
 def test_bad_tensors_are_refused(tmp_path: Path, sources, message: str) -> None:
     with pytest.raises(lg.GGUFFormatError, match=message):
         lg.write(tmp_path / "x.gguf", sources, {})

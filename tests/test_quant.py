@@ -77,7 +77,7 @@ def test_q4_k_golden_exact_grid():
     assert got[0:2].tolist() == [0x10, 0x24]  # d = fp16(1/63) = 0x2410
     assert got[2:4].tolist() == [0x00, 0x00]  # dmin = 0
     assert got[4:16].tolist() == [0xFF] * 4 + [0x00] * 4 + [0x0F] * 4  # 6-bit scales 63, mins 0
-    assert got[16:].tolist() == [(l % 16) * 0x11 for l in range(32)] * 4
+    assert got[16:].tolist() == [(i % 16) * 0x11 for i in range(32)] * 4
 
 
 @pytest.mark.parametrize("qtype", lq.QUANT_TYPES)
@@ -118,8 +118,20 @@ def test_half_precision_and_float64_inputs_are_read_as_float32():
 
 
 # SNR (dB) of a gaussian round trip: each type's typical value minus a margin.
-MIN_SNR_DB = {"F16": 70, "BF16": 50, "Q8_0": 42, "Q6_K": 33, "Q5_1": 26, "Q5_K": 27, "Q5_0": 25,
-              "Q4_K": 21, "Q4_1": 20, "Q4_0": 19, "Q3_K": 14.5, "Q2_K": 9}
+MIN_SNR_DB = {
+    "F16": 70,
+    "BF16": 50,
+    "Q8_0": 42,
+    "Q6_K": 33,
+    "Q5_1": 26,
+    "Q5_K": 27,
+    "Q5_0": 25,
+    "Q4_K": 21,
+    "Q4_1": 20,
+    "Q4_0": 19,
+    "Q3_K": 14.5,
+    "Q2_K": 9,
+}
 
 
 @pytest.mark.parametrize("qtype", lq.QUANT_TYPES)
@@ -146,7 +158,9 @@ def test_q8_0_error_is_at_most_half_a_step():
 
 def test_k_quants_beat_legacy_4_bit_at_the_same_size():
     x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(5))
-    snr = {t: lq.error_metrics(x, lq.dequantize(lq.quantize(x, t), t, x.shape)).snr_db for t in ("Q4_0", "Q4_K")}
+    snr = {
+        t: lq.error_metrics(x, lq.dequantize(lq.quantize(x, t), t, x.shape)).snr_db for t in ("Q4_0", "Q4_K")
+    }
     assert FORMATS["Q4_K"].bits_per_weight == FORMATS["Q4_0"].bits_per_weight
     assert snr["Q4_K"] > snr["Q4_0"] + 1.0
 
@@ -244,8 +258,14 @@ def test_roundf_to_int8_is_c_roundf_for_every_float_in_q8_0_range():
 
 def test_roundf_to_int8_ties_and_neighbours():
     ties = np.arange(-127, 127, dtype=np.float32) + np.float32(0.5)
-    near = np.concatenate([ties, np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(200)),
-                           np.float32([0.49999997, -0.49999997, 0.5, -0.5, 0.0, -0.0])])
+    near = np.concatenate(
+        [
+            ties,
+            np.nextafter(ties, np.float32(0)),
+            np.nextafter(ties, np.float32(200)),
+            np.float32([0.49999997, -0.49999997, 0.5, -0.5, 0.0, -0.0]),
+        ]
+    )
     sample = np.random.default_rng(7).uniform(-127.4, 127.4, 200_000).astype(np.float32)
     for a in (near, sample):
         assert np.array_equal(roundf_to_int8(torch.from_numpy(a)).numpy(), _c_roundf(a))
@@ -287,10 +307,13 @@ def test_row_length_must_be_whole_blocks():
         lq.quantize(torch.randn(3, 48), "Q8_0")
 
 
-@pytest.mark.parametrize("bad", [torch.arange(32), torch.ones(32, dtype=torch.bool),
-                                 torch.zeros(32, dtype=torch.uint8)])
+@pytest.mark.parametrize(
+    "bad", [torch.arange(32), torch.ones(32, dtype=torch.bool), torch.zeros(32, dtype=torch.uint8)]
+)
 def test_non_float_dtypes_are_rejected(bad):
-    with pytest.raises(QuantizationError, match=r"has dtype torch\.\w+, but quantization needs floating-point"):
+    with pytest.raises(
+        QuantizationError, match=r"has dtype torch\.\w+, but quantization needs floating-point"
+    ):
         lq.quantize(bad, "Q8_0")
 
 

@@ -30,8 +30,15 @@ def _load(name: str) -> dict[str, np.ndarray]:
 
 def test_fixtures_are_the_ones_the_manifest_lists():
     assert set(MANIFEST["types"]) == set(lq.QUANT_TYPES)
-    assert {"gaussian", "heavy_tailed", "zero_blocks", "constant_blocks", "outlier",
-            "fp16_subnormal", "real_weights"} <= set(CLASSES)
+    assert {
+        "gaussian",
+        "heavy_tailed",
+        "zero_blocks",
+        "constant_blocks",
+        "outlier",
+        "fp16_subnormal",
+        "real_weights",
+    } <= set(CLASSES)
     for file_name, digest in MANIFEST["sha256"].items():
         assert hashlib.sha256((FIXTURES / file_name).read_bytes()).hexdigest() == digest, file_name
     total_bytes = sum(p.stat().st_size for p in FIXTURES.iterdir())
@@ -48,8 +55,10 @@ def test_quantize_matches_llama_cpp_bytes(input_class, qtype):
     if not np.array_equal(got, expected):
         fmt = lq.resolve_format(qtype)
         bad = np.flatnonzero((got.reshape(-1, fmt.type_size) != expected.reshape(-1, fmt.type_size)).any(1))
-        pytest.fail(f"{qtype} on {input_class}: {bad.size} of {got.size // fmt.type_size} blocks differ, "
-                    f"first block {bad[0]}")
+        pytest.fail(
+            f"{qtype} on {input_class}: {bad.size} of {got.size // fmt.type_size} blocks differ, "
+            f"first block {bad[0]}"
+        )
 
 
 @pytest.mark.parametrize("input_class", CLASSES)

@@ -79,5 +79,6 @@ def test_any_finite_floats_match_llama_cpp(x, qtype):
 @given(scale=st.floats(1e-12, 1e12), seed=st.integers(0, 2**31), qtype=st.sampled_from(lq.QUANT_TYPES))
 def test_random_scales_match_llama_cpp(scale, seed, qtype):
     x = (np.random.default_rng(seed).standard_normal((2, 512)) * scale).astype(np.float32)
-    _assert_same_blocks(lq.quantize(torch.from_numpy(x), qtype), reference.ggml_quantize(x, qtype), qtype,
-                        f"scale {scale}")
+    _assert_same_blocks(
+        lq.quantize(torch.from_numpy(x), qtype), reference.ggml_quantize(x, qtype), qtype, f"scale {scale}"
+    )

@@ -1,4 +1,4 @@
-"""labkit.requant and ``labkit quantize``: llama.cpp's per-tensor type rules, and the requantized bytes.
+"""labkit.quant.requant and ``labkit quantize``: llama.cpp's per-tensor type rules, and the requantized bytes.
 
 The expected types below were worked out by reading ``llama_tensor_get_type`` in
 llama.cpp's ``src/llama-quant.cpp``; ``tests/fixtures/requant/llama_cpp_types.json``
@@ -18,9 +18,9 @@ import gguf as gguf_py
 import pytest
 import torch
 
-from labkit import mixtures, requant
 from labkit.errors import QuantizationError
-from labkit.mixtures import ModelShape, plan_types, resolve_type, use_more_bits
+from labkit.quant import mixtures, requant
+from labkit.quant.mixtures import ModelShape, plan_types, resolve_type, use_more_bits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "requant" / "llama_cpp_types.json"
 
@@ -32,8 +32,18 @@ MORE_BITS_LAYERS = {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29}
 # category -> type, or (type in a use_more_bits layer, type elsewhere). Rows of 576 don't
 # split into 256-weight K blocks, so Q4_K falls back to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0.
 EXPECTED = {
-    "Q4_K_M": {"token_embd": "Q8_0", "attn_v": ("Q8_0", "Q5_0"), "ffn_down": ("Q6_K", "Q4_K"), "other": "Q5_0"},
-    "Q5_K_M": {"token_embd": "Q8_0", "attn_v": ("Q8_0", "Q5_1"), "ffn_down": ("Q6_K", "Q5_K"), "other": "Q5_1"},
+    "Q4_K_M": {
+        "token_embd": "Q8_0",
+        "attn_v": ("Q8_0", "Q5_0"),
+        "ffn_down": ("Q6_K", "Q4_K"),
+        "other": "Q5_0",
+    },
+    "Q5_K_M": {
+        "token_embd": "Q8_0",
+        "attn_v": ("Q8_0", "Q5_1"),
+        "ffn_down": ("Q6_K", "Q5_K"),
+        "other": "Q5_1",
+    },
     "Q6_K": {"token_embd": "Q8_0", "attn_v": "Q8_0", "ffn_down": "Q6_K", "other": "Q8_0"},
     "Q8_0": {"token_embd": "Q8_0", "attn_v": "Q8_0", "ffn_down": "Q8_0", "other": "Q8_0"},
 }
@@ -77,7 +87,10 @@ def test_plan_keeps_llama_cpp_order_and_says_why(default_header) -> None:
     tensors, metadata = default_header
     plans = plan_types(tensors, metadata, "Q4_K_M")
     assert [p.name for p in plans[:4]] == [
-        "output_norm.weight", "token_embd.weight", "blk.0.attn_k.weight", "blk.0.attn_norm.weight"
+        "output_norm.weight",
+        "token_embd.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.attn_norm.weight",
     ]
     assert plans[-1].name == "blk.29.ffn_up.weight"
     by_name = {p.name: p for p in plans}
@@ -90,7 +103,11 @@ def test_plan_keeps_llama_cpp_order_and_says_why(default_header) -> None:
 def test_order_sorts_layers_by_number() -> None:
     names = ["blk.10.a.weight", "blk.2.b.weight", "token_embd.weight", "blk.2.a.weight", "output_norm.weight"]
     assert mixtures.llama_cpp_order(names) == [
-        "output_norm.weight", "token_embd.weight", "blk.2.a.weight", "blk.2.b.weight", "blk.10.a.weight"
+        "output_norm.weight",
+        "token_embd.weight",
+        "blk.2.a.weight",
+        "blk.2.b.weight",
+        "blk.10.a.weight",
     ]
 
 
@@ -106,8 +123,11 @@ class Info:
 
 def llama_meta(n_layer: int = 2, n_head: int = 4, n_head_kv: int = 4, **extra) -> dict:
     return {
-        "general.architecture": "llama", "llama.block_count": n_layer,
-        "llama.attention.head_count": n_head, "llama.attention.head_count_kv": n_head_kv, **extra,
+        "general.architecture": "llama",
+        "llama.block_count": n_layer,
+        "llama.attention.head_count": n_head,
+        "llama.attention.head_count_kv": n_head_kv,
+        **extra,
     }
 
 
@@ -116,9 +136,17 @@ def tiny_model(n_layer: int = 2, dim: int = 256, ffn: int = 512, output: bool = 
     if output:
         infos.append(Info("output.weight", (1000, dim)))
     for i in range(n_layer):
-        for part, shape in [("attn_q", (dim, dim)), ("attn_k", (dim, dim)), ("attn_v", (dim, dim)),
-                            ("attn_output", (dim, dim)), ("ffn_gate", (ffn, dim)), ("ffn_up", (ffn, dim)),
-                            ("ffn_down", (dim, ffn)), ("attn_norm", (dim,)), ("ffn_norm", (dim,))]:
+        for part, shape in [
+            ("attn_q", (dim, dim)),
+            ("attn_k", (dim, dim)),
+            ("attn_v", (dim, dim)),
+            ("attn_output", (dim, dim)),
+            ("ffn_gate", (ffn, dim)),
+            ("ffn_up", (ffn, dim)),
+            ("ffn_down", (dim, ffn)),
+            ("attn_norm", (dim,)),
+            ("ffn_norm", (dim,)),
+        ]:
             infos.append(Info(f"blk.{i}.{part}.weight", shape))
     return infos
 
@@ -145,7 +173,16 @@ def test_tied_token_embd_is_treated_as_the_output() -> None:
 def test_k_mixture_rules_on_a_256_wide_model() -> None:
     infos, meta = tiny_model(n_layer=8), llama_meta(n_layer=8)
     q4km = types_of(infos, meta, "Q4_K_M")
-    assert [q4km[f"blk.{i}.attn_v.weight"] for i in range(8)] == ["Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q6_K"]
+    assert [q4km[f"blk.{i}.attn_v.weight"] for i in range(8)] == [
+        "Q6_K",
+        "Q4_K",
+        "Q4_K",
+        "Q6_K",
+        "Q4_K",
+        "Q4_K",
+        "Q6_K",
+        "Q6_K",
+    ]
     q4ks = types_of(infos, meta, "Q4_K_S")
     assert [q4ks[f"blk.{i}.attn_v.weight"] for i in range(8)] == ["Q5_K"] * 4 + ["Q4_K"] * 4
     assert [q4ks[f"blk.{i}.ffn_down.weight"] for i in range(8)] == ["Q5_K"] + ["Q4_K"] * 7
@@ -153,7 +190,11 @@ def test_k_mixture_rules_on_a_256_wide_model() -> None:
     assert [q3km[f"blk.{i}.attn_v.weight"] for i in range(3)] == ["Q5_K", "Q5_K", "Q4_K"]
     assert q3km["blk.0.attn_output.weight"] == "Q4_K" and q3km["blk.0.ffn_down.weight"] == "Q4_K"
     q2k = types_of(infos, meta, "Q2_K")
-    assert (q2k["blk.0.attn_v.weight"], q2k["blk.0.ffn_down.weight"], q2k["blk.0.attn_q.weight"]) == ("Q3_K", "Q3_K", "Q2_K")
+    assert (q2k["blk.0.attn_v.weight"], q2k["blk.0.ffn_down.weight"], q2k["blk.0.attn_q.weight"]) == (
+        "Q3_K",
+        "Q3_K",
+        "Q2_K",
+    )
     gqa = types_of(infos, llama_meta(n_layer=8, n_head=8, n_head_kv=2), "Q2_K")
     assert gqa["blk.0.attn_v.weight"] == "Q4_K"
 
@@ -162,13 +203,16 @@ def test_70b_gives_attn_v_q5_k() -> None:
     meta = llama_meta(n_layer=80, n_head=64, n_head_kv=8)
     infos = [Info(f"blk.{i}.attn_v.weight", (256, 256)) for i in range(80)]
     assert set(types_of(infos, meta, "Q3_K_S").values()) == {"Q5_K"}
-    assert set(types_of(infos, llama_meta(n_layer=80, n_head=64, n_head_kv=64), "Q3_K_S").values()) == {"Q3_K"}
+    assert set(types_of(infos, llama_meta(n_layer=80, n_head=64, n_head_kv=64), "Q3_K_S").values()) == {
+        "Q3_K"
+    }
 
 
 def test_fallbacks_for_rows_that_do_not_fit_blocks() -> None:
     infos = [Info("blk.0.attn_q.weight", (64, 96)), Info("blk.0.attn_k.weight", (64, 48))]
     assert types_of(infos, llama_meta(n_layer=1), "Q4_K_M") == {
-        "blk.0.attn_q.weight": "Q5_0", "blk.0.attn_k.weight": "F16"
+        "blk.0.attn_q.weight": "Q5_0",
+        "blk.0.attn_k.weight": "F16",
     }
     assert types_of(infos, llama_meta(n_layer=1), "Q6_K")["blk.0.attn_q.weight"] == "Q8_0"
     assert types_of(infos, llama_meta(n_layer=1), "Q5_K_S")["blk.0.attn_q.weight"] == "Q5_1"
@@ -177,9 +221,13 @@ def test_fallbacks_for_rows_that_do_not_fit_blocks() -> None:
 
 
 def test_what_is_never_quantized() -> None:
-    infos = [Info("blk.0.attn_q.weight", (1, 256)), Info("blk.0.attn_q.bias", (256, 256)),
-             Info("blk.0.ffn_gate_inp.weight", (256, 256)), Info("rope_freqs.weight", (32,)),
-             Info("blk.0.attn_norm.weight", (256,), "F16")]
+    infos = [
+        Info("blk.0.attn_q.weight", (1, 256)),
+        Info("blk.0.attn_q.bias", (256, 256)),
+        Info("blk.0.ffn_gate_inp.weight", (256, 256)),
+        Info("rope_freqs.weight", (32,)),
+        Info("blk.0.attn_norm.weight", (256,), "F16"),
+    ]
     plans = plan_types(infos, llama_meta(n_layer=1), "Q4_K_M")
     assert all(p.copied for p in plans)
 
@@ -207,7 +255,9 @@ def test_bad_requests_raise_quantization_errors() -> None:
 
 def load_fixture() -> dict:
     if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE.name} missing: run scripts/make_requant_fixture.py with llama-cpp-python installed")
+        pytest.skip(
+            f"{FIXTURE.name} missing: run scripts/make_requant_fixture.py with llama-cpp-python installed"
+        )
     return json.loads(FIXTURE.read_text())
 
 
@@ -227,8 +277,11 @@ def differing_tensors(path: Path, run: dict, names: list[str]) -> list[str]:
     from labkit import gguf
 
     with gguf.open(path) as f:
-        return [f"{name} ({f.tensors[name].qtype})" for name, want in zip(names, run["tensor_sha256"])
-                if hashlib.sha256(f.raw(name).numpy().tobytes()).hexdigest()[:16] != want]
+        return [
+            f"{name} ({f.tensors[name].qtype})"
+            for name, want in zip(names, run["tensor_sha256"], strict=True)
+            if hashlib.sha256(f.raw(name).numpy().tobytes()).hexdigest()[:16] != want
+        ]
 
 
 @pytest.mark.slow
@@ -250,11 +303,20 @@ def test_default_model_file_equals_llama_cpp_output(default_model, tmp_path, mix
 @pytest.fixture(scope="module")
 def tiny_f32(tmp_path_factory) -> Path:
     """A 2-layer llama, 256 wide (K-quant rows fit), F32 weights, an untied output."""
-    from labkit.models import synthetic_llama
+    from labkit.modelfiles import synthetic_llama
 
     path = tmp_path_factory.mktemp("requant") / "tiny-f32.gguf"
-    return synthetic_llama(path, n_layers=2, dim=256, n_heads=4, n_kv_heads=2, ffn_dim=256, vocab_size=260,
-                           tie_embeddings=False, seed=3)
+    return synthetic_llama(
+        path,
+        n_layers=2,
+        dim=256,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=256,
+        vocab_size=260,
+        tie_embeddings=False,
+        seed=3,
+    )
 
 
 def test_requantize_writes_llama_cpp_types_order_and_metadata(tiny_f32, tmp_path) -> None:
@@ -308,7 +370,10 @@ def test_requantizing_a_quantized_file_decodes_to_f32_first(tiny_f32, tmp_path) 
         assert out.tensors[name].qtype == "Q8_0" and torch.equal(out.raw(name), want)
     again = requant.requantize(report.dst_path, tmp_path / "q8_0-again.gguf", "Q8_0")
     assert all(p.copied for p in again.plans)  # already Q8_0: copied byte for byte
-    assert hashlib.sha256(report.dst_path.read_bytes()).digest() == hashlib.sha256(again.dst_path.read_bytes()).digest()
+    assert (
+        hashlib.sha256(report.dst_path.read_bytes()).digest()
+        == hashlib.sha256(again.dst_path.read_bytes()).digest()
+    )
 
 
 def test_slabs_give_the_same_bytes_as_one_pass(tiny_f32) -> None:
@@ -372,8 +437,12 @@ def test_cli_quantize_path_errors_are_clean(tiny_f32, tmp_path, capsys) -> None:
     from labkit.cli import main
 
     missing = str(tmp_path / "missing.gguf")
-    for argv in ([missing, str(tmp_path / "out.gguf")], [missing, "--dry-run"],
-                 [str(tiny_f32), str(tmp_path / "nowhere" / "out.gguf")], [str(tiny_f32), str(tmp_path)]):
+    for argv in (
+        [missing, str(tmp_path / "out.gguf")],
+        [missing, "--dry-run"],
+        [str(tiny_f32), str(tmp_path / "nowhere" / "out.gguf")],
+        [str(tiny_f32), str(tmp_path)],
+    ):
         assert main(["quantize", *argv, "--type", "Q8_0", "--quiet"]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("labkit quantize: error: ") and ".tmp" not in err, err

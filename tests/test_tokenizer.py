@@ -1,4 +1,4 @@
-"""labkit.tokenizer: a byte-level BPE rebuilt from GGUF metadata (ids vs llama.cpp: test_model_llama_cpp.py)."""
+"""labkit.runtime.tokenizer: a byte-level BPE rebuilt from GGUF metadata (ids vs llama.cpp: test_model_llama_cpp.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from labkit import gguf
 from labkit.errors import ModelError
-from labkit.tokenizer import Tokenizer
+from labkit.runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,14 @@ MISSING_BYTE_CHARS = "\x04\x06\x13\x14\x16\x1d"
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(st.characters(max_codepoint=0x3FFFF, blacklist_categories=("Cs",),
-                                    blacklist_characters=MISSING_BYTE_CHARS), max_size=64))
+@given(
+    st.text(
+        st.characters(
+            max_codepoint=0x3FFFF, blacklist_categories=("Cs",), blacklist_characters=MISSING_BYTE_CHARS
+        ),
+        max_size=64,
+    )
+)
 def test_decode_inverts_encode_on_any_text_the_vocabulary_covers(tok: Tokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text, parse_special=False)) == text
 
@@ -69,8 +75,9 @@ def test_bytes_missing_from_the_vocabulary_are_dropped_as_llama_cpp_does(tok: To
 
 def test_chat_template_renders_in_a_sandbox(tok: Tokenizer) -> None:
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
-    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>user\nHi<|im_end|>\n"
-                                                                          "<|im_start|>assistant\n")
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     no_prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=False)
     assert no_prompt == prompt.removesuffix("<|im_start|>assistant\n")
 
@@ -107,7 +114,10 @@ def test_unsupported_vocabularies_are_named(metadata: dict) -> None:
 
 @pytest.mark.parametrize("bad_id", [49152, 99999, -1])
 def test_decode_names_an_id_outside_the_vocabulary(tok: Tokenizer, bad_id: int) -> None:
-    with pytest.raises(ModelError, match=rf"token id {bad_id} is outside the vocabulary: ids run from 0 to "
-                                         r"49151 \(vocab size 49152\)"):
+    with pytest.raises(
+        ModelError,
+        match=rf"token id {bad_id} is outside the vocabulary: ids run from 0 to "
+        r"49151 \(vocab size 49152\)",
+    ):
         tok.decode([19556, bad_id])
     assert tok.decode([19556, 49151]).startswith("Hello")  # the last id is still fine

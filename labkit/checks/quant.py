@@ -2,9 +2,9 @@
 
 ``check_q8_0(quantize_block)`` gives a student's function blocks of 32 float32
 weights and compares the 34 bytes it returns with ``labkit.quant.quantize``
-(which writes what llama.cpp writes). On the first mismatch it raises
-``AssertionError`` saying which block and byte differ and what the usual
-cause is. The block, little-endian::
+(which writes what llama.cpp writes). On the first mismatch its verdict says
+which block and byte differ, and its hint names the usual cause. The block,
+little-endian::
 
     bytes 0-1   d        fp16, max|x| / 127
     bytes 2-33  qs[32]   int8, roundf(x / d): nearest, ties away from zero
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labkit.checks import CheckResult
+from labkit.checks import CheckResult, NotYet, attempt, verdict
 from labkit.quant import quantize
 
 
@@ -48,43 +48,59 @@ def _as_bytes(result: Any) -> bytes:
         result = result.detach().cpu().numpy()
     if isinstance(result, np.ndarray):
         if result.dtype not in (np.uint8, np.int8):
-            raise AssertionError(f"return bytes (or a uint8 array), not an array of {result.dtype}")
+            raise NotYet(
+                f"your function returned an array of {result.dtype}", "return bytes (or a uint8 array)"
+            )
         return result.astype(np.uint8).tobytes()
     if isinstance(result, (list, tuple)):
         return bytes(int(v) & 0xFF for v in result)
-    raise AssertionError(f"return the block as bytes, not {type(result).__name__}")
+    raise NotYet(
+        f"your function returned a {type(result).__name__}",
+        "return the block as bytes: struct.pack('<e', d) + the 32 int8 values' bytes",
+    )
 
 
-def _explain(block: torch.Tensor, expected: bytes, got: bytes) -> str:
-    """Say which byte differs first and the usual reason."""
+def _explain(block: torch.Tensor, expected: bytes, got: bytes) -> tuple[str, str]:
+    """Say which byte differs first (the message) and the usual reason (the hint)."""
     if len(got) != len(expected):
-        return f"your block has {len(got)} bytes; a Q8_0 block has 34 (2 for d, then 32 int8 values)"
+        return f"your block has {len(got)} bytes", "a Q8_0 block has 34 bytes: 2 for d, then 32 int8 values"
     d_expected, d_got = struct.unpack("<e", expected[:2])[0], struct.unpack("<e", got[:2])[0]
     if expected[:2] != got[:2]:
-        hint = ("the bytes are swapped: GGUF is little-endian, use struct.pack('<e', d)"
-                if expected[:2] == got[1::-1] else
-                "d is max|x| / 127 (largest magnitude, not largest value), stored as IEEE fp16")
-        return (f"d (bytes 0-1) should be {expected[:2].hex(' ')} = {d_expected!r}, "
-                f"yours is {got[:2].hex(' ')} = {d_got!r}: {hint}")
+        hint = (
+            "the bytes are swapped: GGUF is little-endian, use struct.pack('<e', d)"
+            if expected[:2] == got[1::-1]
+            else "d is max|x| / 127 (largest magnitude, not largest value), stored as IEEE fp16"
+        )
+        return (
+            f"d (bytes 0-1) should be {expected[:2].hex(' ')} = {d_expected!r}, "
+            f"yours is {got[:2].hex(' ')} = {d_got!r}"
+        ), hint
     q_expected, q_got = np.frombuffer(expected[2:], np.int8), np.frombuffer(got[2:], np.int8)
     j = int(np.flatnonzero(q_expected != q_got)[0])
     d32 = np.float32(float(block.abs().max())) / np.float32(127)  # the float32 d, before fp16
-    y = np.float32(float(block[j])) * (np.float32(1) / d32 if d32 else np.float32(0))  # x / d as C computes it
+    y = np.float32(float(block[j])) * (
+        np.float32(1) / d32 if d32 else np.float32(0)
+    )  # x / d as C computes it
     want, have = int(q_expected[j]), int(q_got[j])
     if abs(float(y)) % 1 == 0.5:
-        hint = ("x / d is exactly halfway: C's roundf rounds ties *away from zero* (2.5 -> 3, -2.5 -> -3), "
-                "but Python's round() and torch.round round to even (2.5 -> 2)")
+        hint = (
+            "x / d is exactly halfway: C's roundf rounds ties *away from zero* (2.5 -> 3, -2.5 -> -3), "
+            "but Python's round() and torch.round round to even (2.5 -> 2)"
+        )
     elif abs(have) == abs(want) + 1 and abs(float(y)) % 1 > 0.4999:
-        hint = (f"x / d = {float(y)!r} is just *below* one half; adding 0.5 in float32 rounds the sum up to "
-                f"{abs(want) + 1}.0. Add 0.5 in float64 (a Python float) before flooring")
+        hint = (
+            f"x / d = {float(y)!r} is just *below* one half; adding 0.5 in float32 rounds the sum up to "
+            f"{abs(want) + 1}.0. Add 0.5 in float64 (a Python float) before flooring"
+        )
     elif have == int(np.trunc(y)):
         hint = "it looks truncated: int() cuts toward zero, but q must be rounded to the nearest integer"
     elif have == -want:
         hint = "the sign is flipped"
     else:
         hint = "q = roundf(x * (1/d)) with the float32 d (before it is rounded to fp16 for storage)"
-    return (f"qs[{j}] (byte {j + 2}) should be {want}, yours is {have} "
-            f"(x = {float(block[j])!r}, x/d = {float(y)!r}): {hint}")
+    return (
+        f"qs[{j}] (byte {j + 2}) should be {want}, yours is {have} (x = {float(block[j])!r}, x/d = {float(y)!r})"
+    ), hint
 
 
 def check_q8_0(quantize_block: Callable[[torch.Tensor], Any]) -> CheckResult:
@@ -95,15 +111,18 @@ def check_q8_0(quantize_block: Callable[[torch.Tensor], Any]) -> CheckResult:
             block bytes (``bytes``, a list of ints, or a uint8 array).
 
     Returns:
-        A ``CheckResult`` when every block matches byte for byte.
-
-    Raises:
-        AssertionError: naming the first block and byte that differ, and why.
+        A ``CheckResult``: passed when every block matches byte for byte; otherwise it names the
+        first block and byte that differ, with the usual cause as its hint.
     """
     cases = q8_0_cases()
-    for what, block in cases:
-        expected = bytes(quantize(block[None], "Q8_0")[0].numpy())
-        got = _as_bytes(quantize_block(block.clone()))
-        if got != expected:
-            raise AssertionError(f"block '{what}': {_explain(block, expected, got)}")
-    return CheckResult(True, len(cases), f"all {len(cases)} blocks match llama.cpp's Q8_0 bytes")
+
+    def run() -> str:
+        for what, block in cases:
+            expected = bytes(quantize(block[None], "Q8_0")[0].numpy())
+            got = _as_bytes(attempt(quantize_block, block.clone(), case=f"block '{what}'"))
+            if got != expected:
+                message, hint = _explain(block, expected, got)
+                raise NotYet(f"block '{what}': {message}", hint)
+        return f"all {len(cases)} blocks match llama.cpp's Q8_0 bytes"
+
+    return verdict(run, n_cases=len(cases))

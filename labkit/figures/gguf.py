@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import html
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -22,8 +23,12 @@ from labkit.formats import FORMATS
 from labkit.gguf.constants import STRUCT_CODES, TENSOR_TYPES, ValueType
 
 KIND_COLORS = {
-    "header": "#d62728", "metadata": "#1f77b4", "tensor_info": "#9467bd",
-    "padding": "#bbbbbb", "tensor": "#2ca02c", "unused": "#ff7f0e",
+    "header": "#d62728",
+    "metadata": "#1f77b4",
+    "tensor_info": "#9467bd",
+    "padding": "#bbbbbb",
+    "tensor": "#2ca02c",
+    "unused": "#ff7f0e",
 }
 KIND_ORDER = ("header", "metadata", "tensor_info", "padding", "tensor", "unused")
 
@@ -76,20 +81,28 @@ def _kv_fields(data: bytes, pos: int, index: int) -> tuple[list[ByteField], int,
     key, value_pos = _string(data, pos)
     vtype = ValueType(struct.unpack_from("<I", data, value_pos)[0])
     value, end = _value(data, value_pos + 4, vtype)
-    fields = [ByteField(pos, 8, f"kv[{index}] key length (u64)", str(value_pos - pos - 8)),
-              ByteField(pos + 8, value_pos - pos - 8, f"kv[{index}] key", repr(key)),
-              ByteField(value_pos, 4, f"kv[{index}] value type (u32)", f"{int(vtype)} = {vtype.name}")]
+    fields = [
+        ByteField(pos, 8, f"kv[{index}] key length (u64)", str(value_pos - pos - 8)),
+        ByteField(pos + 8, value_pos - pos - 8, f"kv[{index}] key", repr(key)),
+        ByteField(value_pos, 4, f"kv[{index}] value type (u32)", f"{int(vtype)} = {vtype.name}"),
+    ]
     if vtype == ValueType.STRING:
-        fields += [ByteField(value_pos + 4, 8, f"kv[{index}] value length (u64)", str(end - value_pos - 12)),
-                   ByteField(value_pos + 12, end - value_pos - 12, f"kv[{index}] value", repr(value))]
+        fields += [
+            ByteField(value_pos + 4, 8, f"kv[{index}] value length (u64)", str(end - value_pos - 12)),
+            ByteField(value_pos + 12, end - value_pos - 12, f"kv[{index}] value", repr(value)),
+        ]
     else:
-        shown = value if not isinstance(value, list) or len(value) <= 4 else f"{value[:4]} … ({len(value)} items)"
+        shown = (
+            value if not isinstance(value, list) or len(value) <= 4 else f"{value[:4]} … ({len(value)} items)"
+        )
         label = f"kv[{index}] value" + (" (type,count,items)" if vtype == ValueType.ARRAY else "")
         fields.append(ByteField(value_pos + 4, end - value_pos - 4, label, str(shown)))
     return fields, end, key, value
 
 
-def _tensor_info_fields(data: bytes, pos: int, index: int) -> tuple[list[ByteField], int, tuple[str, int, int]]:
+def _tensor_info_fields(
+    data: bytes, pos: int, index: int
+) -> tuple[list[ByteField], int, tuple[str, int, int]]:
     """The fields of tensor info ``index``. Also returns (name, offset in the data section, n_bytes)."""
     name, dims_pos = _string(data, pos)
     (n_dims,) = struct.unpack_from("<I", data, dims_pos)
@@ -100,11 +113,13 @@ def _tensor_info_fields(data: bytes, pos: int, index: int) -> tuple[list[ByteFie
     n_elements = 1
     for dim in ne:
         n_elements *= dim
-    fields = [ByteField(pos, dims_pos - pos, f"tensor[{index}] name", repr(name)),
-              ByteField(dims_pos, 4, f"tensor[{index}] n_dims (u32)", str(n_dims)),
-              ByteField(dims_pos + 4, 8 * n_dims, f"tensor[{index}] ne (u64 each)", f"{list(ne)} (row first)"),
-              ByteField(type_pos, 4, f"tensor[{index}] type (u32)", f"{type_id} = {fmt.name}"),
-              ByteField(type_pos + 4, 8, f"tensor[{index}] offset (u64)", f"{offset} (from the data start)")]
+    fields = [
+        ByteField(pos, dims_pos - pos, f"tensor[{index}] name", repr(name)),
+        ByteField(dims_pos, 4, f"tensor[{index}] n_dims (u32)", str(n_dims)),
+        ByteField(dims_pos + 4, 8 * n_dims, f"tensor[{index}] ne (u64 each)", f"{list(ne)} (row first)"),
+        ByteField(type_pos, 4, f"tensor[{index}] type (u32)", f"{type_id} = {fmt.name}"),
+        ByteField(type_pos + 4, 8, f"tensor[{index}] offset (u64)", f"{offset} (from the data start)"),
+    ]
     return fields, type_pos + 12, (name, offset, n_elements // fmt.block_size * fmt.type_size)
 
 
@@ -129,7 +144,9 @@ def byte_fields(data: bytes, n_bytes: int = 64) -> list[ByteField]:
             tensors.append(tensor)
         data_start = pos + (-pos % alignment)
         if data_start > pos:
-            fields.append(ByteField(pos, data_start - pos, "padding", f"zeros up to a multiple of {alignment}"))
+            fields.append(
+                ByteField(pos, data_start - pos, "padding", f"zeros up to a multiple of {alignment}")
+            )
         for name, offset, size in tensors:
             fields.append(ByteField(data_start + offset, size, f"data of {name!r}", f"{size} bytes"))
     except (struct.error, ValueError, KeyError, OverflowError):
@@ -163,24 +180,39 @@ def layout_figure(regions: Sequence[Any], *, title: str = "Where every byte of t
         if not index:
             continue
         fig.add_bar(
-            name=kind, orientation="h", y=[kind] * len(index),
-            base=[regions[i].start for i in index], x=[max(regions[i].n_bytes, 1) for i in index],
-            customdata=index, marker_color=KIND_COLORS[kind], marker_line_width=0,
-            hovertext=[f"{regions[i].name or kind}<br>start {regions[i].start:,}<br>{regions[i].n_bytes:,} bytes"
-                       for i in index],
+            name=kind,
+            orientation="h",
+            y=[kind] * len(index),
+            base=[regions[i].start for i in index],
+            x=[max(regions[i].n_bytes, 1) for i in index],
+            customdata=index,
+            marker_color=KIND_COLORS[kind],
+            marker_line_width=0,
+            hovertext=[
+                f"{regions[i].name or kind}<br>start {regions[i].start:,}<br>{regions[i].n_bytes:,} bytes"
+                for i in index
+            ],
             hoverinfo="text",
         )
-    fig.update_layout(title=title, barmode="overlay", height=340, bargap=0.15, showlegend=False,
-                      xaxis_title="byte offset in the file (measured from this file)",
-                      yaxis={"categoryorder": "array", "categoryarray": list(reversed(KIND_ORDER))},
-                      margin={"l": 90, "r": 20, "t": 50, "b": 50})
+    fig.update_layout(
+        title=title,
+        barmode="overlay",
+        height=340,
+        bargap=0.15,
+        showlegend=False,
+        xaxis_title="byte offset in the file (measured from this file)",
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(KIND_ORDER))},
+        margin={"l": 90, "r": 20, "t": 50, "b": 50},
+    )
     return fig
 
 
 def bytes_by_kind(regions: Sequence[Any]) -> dict[str, tuple[int, int]]:
     """kind -> (number of regions, total bytes), in file order of kinds; kinds absent are left out."""
-    totals = {kind: (sum(1 for r in regions if r.kind == kind), sum(r.n_bytes for r in regions if r.kind == kind))
-              for kind in KIND_ORDER}
+    totals = {
+        kind: (sum(1 for r in regions if r.kind == kind), sum(r.n_bytes for r in regions if r.kind == kind))
+        for kind in KIND_ORDER
+    }
     return {kind: total for kind, total in totals.items() if total[0]}
 
 
@@ -190,12 +222,23 @@ def kind_totals_figure(regions: Sequence[Any]) -> go.Figure:
     kinds = list(by_kind)
     counts = {k: by_kind[k][0] for k in kinds}
     totals = {k: by_kind[k][1] for k in kinds}
-    fig = go.Figure(go.Bar(
-        x=[totals[k] for k in kinds], y=kinds, orientation="h", marker_color=[KIND_COLORS[k] for k in kinds],
-        text=[f"{totals[k]:,} B in {counts[k]} region(s)" for k in kinds], textposition="auto",
-    ))
-    fig.update_layout(title="Bytes by kind of region (measured from this file)", xaxis_type="log", height=300,
-                      xaxis_title="bytes (log scale)", margin={"l": 90, "r": 20, "t": 50, "b": 50})
+    fig = go.Figure(
+        go.Bar(
+            x=[totals[k] for k in kinds],
+            y=kinds,
+            orientation="h",
+            marker_color=[KIND_COLORS[k] for k in kinds],
+            text=[f"{totals[k]:,} B in {counts[k]} region(s)" for k in kinds],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        title="Bytes by kind of region (measured from this file)",
+        xaxis_type="log",
+        height=300,
+        xaxis_title="bytes (log scale)",
+        margin={"l": 90, "r": 20, "t": 50, "b": 50},
+    )
     return fig
 
 
@@ -206,20 +249,33 @@ def container_figure(times_s: dict[str, dict[str, float]]) -> go.Figure:
         times_s: format -> step -> seconds, all measured in the same run.
     """
     steps = list(next(iter(times_s.values())))
-    fig = go.Figure([
-        go.Bar(name=step, x=list(times_s), y=[times_s[fmt][step] * 1e3 for fmt in times_s],
-               text=[f"{times_s[fmt][step] * 1e3:.2f} ms" for fmt in times_s], textposition="outside")
-        for step in steps
-    ])
-    fig.update_layout(title="Open and load, median of runs (measured here, warm page cache)", barmode="group",
-                      yaxis_type="log", yaxis_title="milliseconds (log scale)", height=380,
-                      margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    fig = go.Figure(
+        [
+            go.Bar(
+                name=step,
+                x=list(times_s),
+                y=[times_s[fmt][step] * 1e3 for fmt in times_s],
+                text=[f"{times_s[fmt][step] * 1e3:.2f} ms" for fmt in times_s],
+                textposition="outside",
+            )
+            for step in steps
+        ]
+    )
+    fig.update_layout(
+        title="Open and load, median of runs (measured here, warm page cache)",
+        barmode="group",
+        yaxis_type="log",
+        yaxis_title="milliseconds (log scale)",
+        height=380,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+    )
     return fig
 
 
 def _table(rows: Sequence[tuple[str, str]]) -> str:
-    cells = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(v)}</code></td></tr>"
-                    for k, v in rows)
+    cells = "".join(
+        f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows
+    )
     return f"<table>{cells}</table>"
 
 
@@ -246,17 +302,22 @@ def preview_value(value: Any, n_items: int = 8) -> str:
 
 def region_details(f: Any, region: Any) -> str:
     """HTML describing one region of ``f.layout()``; a tensor also shows its first block decoded."""
-    head = [("kind", region.kind), ("name", region.name or "—"), ("bytes", f"{region.start:,} .. {region.end:,} "
-             f"({region.n_bytes:,} bytes)")]
+    head = [
+        ("kind", region.kind),
+        ("name", region.name or "—"),
+        ("bytes", f"{region.start:,} .. {region.end:,} ({region.n_bytes:,} bytes)"),
+    ]
     if region.kind == "tensor":
         info = f.tensors[region.name]
         fmt = FORMATS.get(info.qtype)  # None: a type labkit reads but cannot decode (IQ*, ...)
         head += [("type", info.qtype), ("shape (torch order)", str(tuple(info.shape)))]
         if fmt is not None:
             block, values = first_block(f, region.name)
-            head += [("block", f"{fmt.block_size} weights in {fmt.type_size} bytes: {fmt.layout}"),
-                     ("first block (hex)", block.hex(" ")),
-                     ("first block decoded", ", ".join(f"{v:.4g}" for v in values))]
+            head += [
+                ("block", f"{fmt.block_size} weights in {fmt.type_size} bytes: {fmt.layout}"),
+                ("first block (hex)", block.hex(" ")),
+                ("first block decoded", ", ".join(f"{v:.4g}" for v in values)),
+            ]
     elif region.kind == "metadata":
         value = f.metadata[region.name]
         head += [("value type", f.metadata_types[region.name]), ("value", preview_value(value))]

@@ -1,18 +1,18 @@
 """Figures for chapter 1 (the memory hierarchy): tier speeds and model load times.
 
-Both figures draw from a ``labkit.tiers.ProbeReport`` and keep measured numbers visibly apart
+Both figures draw from a ``labkit.hierarchy.tiers.ProbeReport`` and keep measured numbers visibly apart
 from quoted and modelled ones: each kind has its own colour, bar pattern, legend entry, and
 the word "measured", "quoted" or "modelled" on the bar label and in the hover text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import plotly.graph_objects as go
 
-from labkit.tiers import KINDS, TIERS, ProbeReport, TierRecord
+from labkit.hierarchy.tiers import KINDS, TIERS, ProbeReport, TierRecord
 
 # kind -> (colour, bar pattern, legend label)
 KIND_STYLE = {
@@ -44,11 +44,15 @@ def bar_label(record: TierRecord) -> str:
 def _bar_layout(fig: go.Figure, title: str, value_axis_title: str, labels: list[str]) -> None:
     """Horizontal bars, one per tier, top to bottom in tier order; long labels stay readable."""
     fig.update_layout(
-        title={"text": title, "y": 0.99, "yanchor": "top"}, barmode="overlay", height=200 + 34 * len(labels),
+        title={"text": title, "y": 0.99, "yanchor": "top"},
+        barmode="overlay",
+        height=200 + 34 * len(labels),
         xaxis={"type": "log", "title": value_axis_title},
         yaxis={"categoryorder": "array", "categoryarray": labels[::-1], "automargin": True},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0},
-        margin={"t": 140}, uniformtext={"minsize": 11, "mode": "show"})
+        margin={"t": 140},
+        uniformtext={"minsize": 11, "mode": "show"},
+    )
 
 
 def rate_text(record: TierRecord) -> str:
@@ -70,8 +74,11 @@ def seconds_text(row: LoadTime) -> str:
 
 def _hover(record: TierRecord) -> str:
     origin = record.method if record.kind != "quoted" else f"source: {record.source}"
-    first = ("" if record.first_run_gb_per_s is None
-             else f"<br>first run (reported apart): {record.first_run_gb_per_s:.2f} GB/s")
+    first = (
+        ""
+        if record.first_run_gb_per_s is None
+        else f"<br>first run (reported apart): {record.first_run_gb_per_s:.2f} GB/s"
+    )
     note = f"<br>{record.note}" if record.note else ""
     return f"<b>{record.kind.upper()}</b><br>{origin}{first}{note}"
 
@@ -85,7 +92,7 @@ def tier_figure(report: ProbeReport, *, title: str | None = None) -> go.Figure:
     """Bar chart (log scale) of every tier's GB/s, measured beside quoted and modelled.
 
     Args:
-        report: what ``labkit.probe.run()`` returned.
+        report: what ``labkit.hierarchy.probe.run()`` returned.
         title: the figure title (default names the test-file size).
 
     Returns:
@@ -98,15 +105,32 @@ def tier_figure(report: ProbeReport, *, title: str | None = None) -> go.Figure:
         rows = [r for r in records if r.kind == kind]
         high = [(r.gb_per_s_max - r.gb_per_s) if r.gb_per_s_max else 0.0 for r in rows]
         fig.add_bar(
-            name=legend, orientation="h", y=[bar_label(r) for r in rows], x=[r.gb_per_s for r in rows],
+            name=legend,
+            orientation="h",
+            y=[bar_label(r) for r in rows],
+            x=[r.gb_per_s for r in rows],
             marker={"color": colour, "pattern": {"shape": pattern}},
-            text=[f"{rate_text(r)} {r.kind}" for r in rows], textposition="outside", cliponaxis=False,
-            error_x={"type": "data", "symmetric": False, "array": high,
-                     "arrayminus": [0.0] * len(rows), "visible": any(high)},
-            hovertext=[_hover(r) for r in rows], hoverinfo="text+x")
-    _bar_layout(fig, title or f"I/O tiers: {report.size_bytes / 2**20:.0f} MiB test file, "
-                              f"{report.block_bytes / 2**10:.0f} KiB reads (error bars: quoted ranges)",
-                "GB/s (10^9 bytes/s), log scale", [bar_label(r) for r in records])
+            text=[f"{rate_text(r)} {r.kind}" for r in rows],
+            textposition="outside",
+            cliponaxis=False,
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": high,
+                "arrayminus": [0.0] * len(rows),
+                "visible": any(high),
+            },
+            hovertext=[_hover(r) for r in rows],
+            hoverinfo="text+x",
+        )
+    _bar_layout(
+        fig,
+        title
+        or f"I/O tiers: {report.size_bytes / 2**20:.0f} MiB test file, "
+        f"{report.block_bytes / 2**10:.0f} KiB reads (error bars: quoted ranges)",
+        "GB/s (10^9 bytes/s), log scale",
+        [bar_label(r) for r in records],
+    )
     return fig
 
 
@@ -139,10 +163,21 @@ def load_time_figure(report: ProbeReport, model: str, size_bytes: int) -> go.Fig
         colour, pattern, legend = KIND_STYLE[kind]
         mine = [row for row in rows if row.record.kind == kind]
         fig.add_bar(
-            name=legend, orientation="h", y=[bar_label(row.record) for row in mine],
-            x=[row.seconds for row in mine], marker={"color": colour, "pattern": {"shape": pattern}},
-            text=[f"{seconds_text(row)} {kind}" for row in mine], textposition="outside", cliponaxis=False,
-            hovertext=[_hover(row.record) for row in mine], hoverinfo="text+x")
-    _bar_layout(fig, f"Time to move {model} ({size_bytes / 1e9:.3g} GB) through each tier",
-                "seconds, log scale", [bar_label(row.record) for row in rows])
+            name=legend,
+            orientation="h",
+            y=[bar_label(row.record) for row in mine],
+            x=[row.seconds for row in mine],
+            marker={"color": colour, "pattern": {"shape": pattern}},
+            text=[f"{seconds_text(row)} {kind}" for row in mine],
+            textposition="outside",
+            cliponaxis=False,
+            hovertext=[_hover(row.record) for row in mine],
+            hoverinfo="text+x",
+        )
+    _bar_layout(
+        fig,
+        f"Time to move {model} ({size_bytes / 1e9:.3g} GB) through each tier",
+        "seconds, log scale",
+        [bar_label(row.record) for row in rows],
+    )
     return fig

@@ -21,7 +21,9 @@ from __future__ import annotations
 from labkit.errors import GGUFFormatError
 from labkit.gguf.metadata import Typed
 from labkit.gguf.parse import MetadataEntry, TensorInfo
-from labkit.gguf.reader import REGION_KINDS, GGUFFile, Region, open
+
+# ``gguf.open`` reads like ``gzip.open``; it is left out of ``__all__`` so ``import *`` never hides the builtin.
+from labkit.gguf.reader import REGION_KINDS, GGUFFile, Region, open  # noqa: A004, F401
 from labkit.gguf.strings import StringArray
 from labkit.gguf.writer import TensorSource, write
 
@@ -35,6 +37,5 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "Typed",
-    "open",
     "write",
 ]

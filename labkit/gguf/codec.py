@@ -39,7 +39,9 @@ def encode(values: torch.Tensor, qtype: str, name: str) -> np.ndarray:
     return quant.quantize(rows, qtype, name=name).contiguous().numpy().reshape(-1)
 
 
-def decode(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype, name: str) -> torch.Tensor:
+def decode(
+    raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype, name: str
+) -> torch.Tensor:
     """Decode one tensor's bytes into a new float tensor of ``shape`` and ``dtype``.
 
     Args:

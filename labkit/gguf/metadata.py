@@ -62,8 +62,10 @@ def value_type_of(value: Any, key: str = "?") -> tuple[ValueType, ValueType | No
         return ValueType.ARRAY, _numpy_element_type(value, key)
     if isinstance(value, Sequence):
         return ValueType.ARRAY, _list_element_type(value, key)
-    raise GGUFFormatError(f"metadata {key!r}: cannot store a {type(value).__name__}; use str, bool, int, "
-                          "float, a list of them, a numpy array, or Typed(...)")
+    raise GGUFFormatError(
+        f"metadata {key!r}: cannot store a {type(value).__name__}; use str, bool, int, "
+        "float, a list of them, a numpy array, or Typed(...)"
+    )
 
 
 def _explicit_type(typed: Typed, key: str) -> tuple[ValueType, ValueType | None]:
@@ -71,8 +73,10 @@ def _explicit_type(typed: Typed, key: str) -> tuple[ValueType, ValueType | None]
     is_array = name.startswith("ARRAY[") and name.endswith("]")
     name = name[6:-1] if is_array else name
     if name not in ValueType.__members__ or name == "ARRAY":
-        raise GGUFFormatError(f"metadata {key!r}: unknown type {typed.value_type!r}; "
-                              f"known: {', '.join(t.name for t in ValueType if t != ValueType.ARRAY)}")
+        raise GGUFFormatError(
+            f"metadata {key!r}: unknown type {typed.value_type!r}; "
+            f"known: {', '.join(t.name for t in ValueType if t != ValueType.ARRAY)}"
+        )
     element = ValueType[name]
     value = typed.value
     if is_array or not isinstance(value, (str, bytes, int, float, bool, np.generic)):
@@ -88,8 +92,12 @@ def _scalar_type(value: Any, key: str) -> ValueType:
     if isinstance(value, (float, np.floating)):
         return ValueType.FLOAT32
     value = int(value)
-    for vtype, low, high in ((ValueType.UINT32, 0, 2**32), (ValueType.INT32, -(2**31), 0),
-                             (ValueType.UINT64, 0, 2**64), (ValueType.INT64, -(2**63), 0)):
+    for vtype, low, high in (
+        (ValueType.UINT32, 0, 2**32),
+        (ValueType.INT32, -(2**31), 0),
+        (ValueType.UINT64, 0, 2**64),
+        (ValueType.INT64, -(2**63), 0),
+    ):
         if low <= value < high:
             return vtype
     raise GGUFFormatError(f"metadata {key!r}: integer {value} does not fit in 64 bits")
@@ -108,8 +116,10 @@ def _numpy_element_type(array: np.ndarray, key: str) -> ValueType:
 
 def _list_element_type(values: Sequence[Any], key: str) -> ValueType:
     if len(values) == 0:
-        raise GGUFFormatError(f"metadata {key!r}: an empty list has no element type; "
-                              f"write it as Typed('STRING', []) (or the type you mean)")
+        raise GGUFFormatError(
+            f"metadata {key!r}: an empty list has no element type; "
+            f"write it as Typed('STRING', []) (or the type you mean)"
+        )
     if all(isinstance(v, str) for v in values):
         return ValueType.STRING
     if all(isinstance(v, (bool, np.bool_)) for v in values):
@@ -161,7 +171,9 @@ def _encode_scalar(value: Any, vtype: ValueType, key: str) -> bytes:
 def _encode_array(values: Any, element: ValueType | None, key: str) -> bytes:
     assert element is not None
     if isinstance(values, (str, bytes)):
-        raise GGUFFormatError(f"metadata {key!r}: expected a sequence for an ARRAY[{element.name}], got a string")
+        raise GGUFFormatError(
+            f"metadata {key!r}: expected a sequence for an ARRAY[{element.name}], got a string"
+        )
     if element == ValueType.STRING:
         strings = values.tolist() if hasattr(values, "tolist") else list(values)
         body = b"".join([_encode_string(s, key) for s in strings])
@@ -171,7 +183,9 @@ def _encode_array(values: Any, element: ValueType | None, key: str) -> bytes:
         raise GGUFFormatError(f"metadata {key!r}: arrays are 1-D; got shape {array.shape}")
     dtype = np.dtype(C.NUMPY_DTYPES[element])
     if array.size and not _fits(array, element, dtype):
-        raise GGUFFormatError(f"metadata {key!r}: values of {array.dtype} do not fit in ARRAY[{element.name}]")
+        raise GGUFFormatError(
+            f"metadata {key!r}: values of {array.dtype} do not fit in ARRAY[{element.name}]"
+        )
     return struct.pack("<IQ", element, array.size) + array.astype(dtype).tobytes()
 
 

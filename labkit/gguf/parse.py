@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,9 @@ class _Cursor:
 
     def need(self, n_bytes: int, field: str) -> None:
         if n_bytes > self.size - self.pos:
-            raise fail(self.pos, field, f"needs {n_bytes} bytes but only {self.left()} are left (truncated file?)")
+            raise fail(
+                self.pos, field, f"needs {n_bytes} bytes but only {self.left()} are left (truncated file?)"
+            )
 
     def read(self, code: struct.Struct, field: str) -> Any:
         self.need(code.size, field)
@@ -169,8 +172,12 @@ def _parse_counts(cur: _Cursor) -> tuple[int, int, int]:
     cur.pos = 4
     version = cur.read(_U32, "header.version")
     if version & 0xFFFF == 0 and version != 0:
-        raise fail(4, "header.version", f"reads as {version:#010x}: a big-endian GGUF file. labkit reads "
-                   "little-endian GGUF only; convert it with gguf-py's gguf_convert_endian.py")
+        raise fail(
+            4,
+            "header.version",
+            f"reads as {version:#010x}: a big-endian GGUF file. labkit reads "
+            "little-endian GGUF only; convert it with gguf-py's gguf_convert_endian.py",
+        )
     if version not in C.READABLE_VERSIONS:
         hint = " (v1 used 32-bit counts and is obsolete)" if version == 1 else ""
         raise fail(4, "header.version", f"version {version}; labkit reads versions 2 and 3{hint}")
@@ -178,10 +185,15 @@ def _parse_counts(cur: _Cursor) -> tuple[int, int, int]:
     n_kv = cur.read(_U64, "header.kv_count")
     min_bytes = n_tensors * C.MIN_TENSOR_INFO_BYTES + n_kv * C.MIN_KV_BYTES
     if min_bytes > cur.left():
-        field = "header.tensor_count" if n_tensors * C.MIN_TENSOR_INFO_BYTES > cur.left() else "header.kv_count"
-        raise fail(8 if field == "header.tensor_count" else 16, field,
-                   f"{n_tensors} tensor infos and {n_kv} key-value pairs need at least {min_bytes} bytes "
-                   f"but only {cur.left()} are left")
+        field = (
+            "header.tensor_count" if n_tensors * C.MIN_TENSOR_INFO_BYTES > cur.left() else "header.kv_count"
+        )
+        raise fail(
+            8 if field == "header.tensor_count" else 16,
+            field,
+            f"{n_tensors} tensor infos and {n_kv} key-value pairs need at least {min_bytes} bytes "
+            f"but only {cur.left()} are left",
+        )
     if n_tensors > C.MAX_TENSORS:
         raise fail(8, "header.tensor_count", f"{n_tensors} tensors; labkit reads at most {C.MAX_TENSORS}")
     if n_kv > C.MAX_KV:
@@ -198,7 +210,9 @@ def _parse_metadata(cur: _Cursor, n_kv: int) -> list[MetadataEntry]:
         if not key:
             raise fail(start, f"metadata[{i}].key", "empty key")
         if key in first_seen:
-            raise fail(start, f"metadata[{i}] {key!r}", f"duplicate key (first defined at byte {first_seen[key]})")
+            raise fail(
+                start, f"metadata[{i}] {key!r}", f"duplicate key (first defined at byte {first_seen[key]})"
+            )
         first_seen[key] = start
         vtype = cur.value_type(f"metadata[{i}] {key!r} value_type")
         value, type_name = _parse_value(cur, vtype, f"metadata[{i}] {key!r}", depth=0)
@@ -223,14 +237,22 @@ def _parse_value(cur: _Cursor, vtype: ValueType, field: str, depth: int) -> tupl
 
 def _parse_array(cur: _Cursor, field: str, depth: int) -> tuple[Any, str]:
     if depth > C.MAX_ARRAY_DEPTH:
-        raise fail(cur.pos, field, f"arrays nested {depth} deep; at most {C.MAX_ARRAY_DEPTH} allowed "
-                   "(llama.cpp rejects arrays of arrays too)")
+        raise fail(
+            cur.pos,
+            field,
+            f"arrays nested {depth} deep; at most {C.MAX_ARRAY_DEPTH} allowed "
+            "(llama.cpp rejects arrays of arrays too)",
+        )
     etype = cur.value_type(f"{field} element type")
     count_at = cur.pos
     count = cur.read(_U64, f"{field} count")
     if count * C.MIN_VALUE_BYTES[etype] > cur.left():
-        raise fail(count_at, f"{field} count", f"{count} {etype.name} elements need at least "
-                   f"{count * C.MIN_VALUE_BYTES[etype]} bytes but only {cur.left()} are left")
+        raise fail(
+            count_at,
+            f"{field} count",
+            f"{count} {etype.name} elements need at least "
+            f"{count * C.MIN_VALUE_BYTES[etype]} bytes but only {cur.left()} are left",
+        )
     if etype == ValueType.STRING:
         bounds = walk_strings(cur.buf, cur.pos, count, cur.size, field)
         cur.pos = int(bounds[-1])
@@ -283,12 +305,17 @@ def _parse_tensor_infos(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[l
         ne = _parse_dims(cur, field)
         fmt = _parse_tensor_type(cur, field)
         if ne[0] % fmt.block_size:
-            raise fail(start, field, f"row length ne[0]={ne[0]} is not a multiple of {fmt.name}'s "
-                       f"block size {fmt.block_size}")
+            raise fail(
+                start,
+                field,
+                f"row length ne[0]={ne[0]} is not a multiple of {fmt.name}'s block size {fmt.block_size}",
+            )
         offset_at = cur.pos
         offset = cur.read(_U64, f"{field}.offset")
         if offset % alignment:
-            raise fail(offset_at, f"{field}.offset", f"{offset} is not a multiple of the alignment {alignment}")
+            raise fail(
+                offset_at, f"{field}.offset", f"{offset} is not a multiple of the alignment {alignment}"
+            )
         n_elements = math.prod(ne)
         n_bytes = n_elements // fmt.block_size * fmt.type_size
         tensors.append(TensorInfo(name, fmt.name, ne[::-1], offset, n_bytes))  # offset: relative for now
@@ -328,16 +355,22 @@ def _place(info: TensorInfo, index: int, data_offset: int, offset_field: int, si
     """Turn the relative offset absolute and check the bytes lie inside the file."""
     start = data_offset + info.offset
     if start + info.n_bytes > size:
-        raise fail(offset_field, f"tensor_info[{index}] {info.name!r}.offset",
-                   f"data [{start}, {start + info.n_bytes}) ends past the end of the file ({size} bytes)")
+        raise fail(
+            offset_field,
+            f"tensor_info[{index}] {info.name!r}.offset",
+            f"data [{start}, {start + info.n_bytes}) ends past the end of the file ({size} bytes)",
+        )
     return TensorInfo(info.name, info.qtype, info.shape, start, info.n_bytes)
 
 
 def _check_no_overlap(tensors: list[TensorInfo], offset_fields: list[int]) -> None:
     order = sorted(range(len(tensors)), key=lambda i: tensors[i].offset)
-    for a, b in zip(order, order[1:]):
+    for a, b in pairwise(order):
         first, second = tensors[a], tensors[b]
         if first.offset + first.n_bytes > second.offset:
-            raise fail(offset_fields[b], f"tensor_info[{b}] {second.name!r}.offset",
-                       f"data starts at byte {second.offset}, inside tensor {first.name!r} "
-                       f"[{first.offset}, {first.offset + first.n_bytes})")
+            raise fail(
+                offset_fields[b],
+                f"tensor_info[{b}] {second.name!r}.offset",
+                f"data starts at byte {second.offset}, inside tensor {first.name!r} "
+                f"[{first.offset}, {first.offset + first.n_bytes})",
+            )

@@ -113,7 +113,10 @@ class GGUFFile:
         p = self._parsed
         regions = [Region("header", "", 0, HEADER_BYTES)]
         regions += [Region("metadata", e.key, e.start, e.n_bytes) for e in p.metadata]
-        regions += [Region("tensor_info", t.name, s, n) for t, (s, n) in zip(p.tensors, p.tensor_info_spans)]
+        regions += [
+            Region("tensor_info", t.name, s, n)
+            for t, (s, n) in zip(p.tensors, p.tensor_info_spans, strict=True)
+        ]
         pos = p.infos_end
         for info in sorted(p.tensors, key=lambda t: t.offset):
             regions += self._gap(pos, info.offset)
@@ -167,8 +170,10 @@ class GGUFFile:
 
     def __repr__(self) -> str:
         arch = self.metadata.get("general.architecture", "?")
-        return (f"GGUFFile({str(self.path)!r}, v{self.version}, arch={arch!r}, "
-                f"{len(self.metadata)} keys, {len(self.tensors)} tensors, {self.file_size_bytes:,} bytes)")
+        return (
+            f"GGUFFile({str(self.path)!r}, v{self.version}, arch={arch!r}, "
+            f"{len(self.metadata)} keys, {len(self.tensors)} tensors, {self.file_size_bytes:,} bytes)"
+        )
 
 
 def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors builtins.open on purpose
@@ -199,8 +204,10 @@ def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors buil
     with handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
-            raise GGUFFormatError(f"{path}: byte 0 (header.magic): the file is empty; a GGUF file starts "
-                                  f"with a {HEADER_BYTES}-byte header")
+            raise GGUFFormatError(
+                f"{path}: byte 0 (header.magic): the file is empty; a GGUF file starts "
+                f"with a {HEADER_BYTES}-byte header"
+            )
         mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(mapping)
     try:

@@ -10,8 +10,9 @@ never more than the file), and a string is decoded the moment it is read.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import Any, Iterator, overload
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
+from typing import Any, overload
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def walk_strings(buf: Any, start: int, count: int, end: int, field: str) -> np.n
         GGUFFormatError: a length runs past ``end``.
     """
     bounds = np.empty(count + 1, dtype=np.int64)
-    out = memoryview(bounds)
+    out = memoryview(bounds.data)
     unpack = _U64.unpack_from
     pos = start
     try:
@@ -104,7 +105,7 @@ class StringArray(Sequence):
         """Decode every string (about 10 ms per 50k tokens)."""
         buf, starts = self._buf, self._bounds.tolist()
         try:
-            return [str(buf[a + 8 : b], "utf-8") for a, b in zip(starts, starts[1:])]
+            return [str(buf[a + 8 : b], "utf-8") for a, b in pairwise(starts)]
         except UnicodeDecodeError:
             for i in range(len(self)):
                 self._decode(i)  # raises with the offset of the first bad string

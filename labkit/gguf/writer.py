@@ -106,7 +106,7 @@ def write(
         out.write(bytes(-len(head) % alignment))
         for source in sources:
             data = _encoded(source)
-            out.write(data)
+            out.write(data.data)  # the array's buffer, no copy
             out.write(bytes(-len(data) % alignment))
             bar.update(len(data))
             del data  # let this tensor go before loading the next
@@ -117,15 +117,21 @@ def _check_output_path(path: Path) -> None:
     """Refuse a path the file cannot be renamed to, before any tensor is loaded."""
     folder = path.parent
     if path.is_dir():
-        raise OutputPathError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'out.gguf'}")
+        raise OutputPathError(
+            f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'out.gguf'}"
+        )
     if folder.exists() and not folder.is_dir():
         raise OutputPathError(f"cannot write {path}: {folder} is not a folder; pick another output path")
     if not folder.is_dir():
-        raise OutputPathError(f"cannot write {path}: the folder {folder} does not exist; "
-                              f"create it first (mkdir -p {folder}) or pick another output path")
+        raise OutputPathError(
+            f"cannot write {path}: the folder {folder} does not exist; "
+            f"create it first (mkdir -p {folder}) or pick another output path"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"cannot write {path}: the folder {folder} is not writable; "
-                              "pick an output path in a folder you can write to")
+        raise OutputPathError(
+            f"cannot write {path}: the folder {folder} is not writable; "
+            "pick an output path in a folder you can write to"
+        )
 
 
 def _as_sources(tensors: Mapping[str, torch.Tensor] | Iterable[TensorSource]) -> list[TensorSource]:
@@ -147,8 +153,10 @@ def _as_sources(tensors: Mapping[str, torch.Tensor] | Iterable[TensorSource]) ->
 def _source_of(name: str, tensor: torch.Tensor) -> TensorSource:
     if not isinstance(tensor, torch.Tensor) or tensor.dtype not in codec.QTYPE_OF_DTYPE:
         kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise GGUFFormatError(f"cannot write tensor {name!r} of {kind}: a dict of tensors holds float32, float16 "
-                              "or bfloat16 tensors; use TensorSource(qtype=...) for quantized or encoded data")
+        raise GGUFFormatError(
+            f"cannot write tensor {name!r} of {kind}: a dict of tensors holds float32, float16 "
+            "or bfloat16 tensors; use TensorSource(qtype=...) for quantized or encoded data"
+        )
     return TensorSource(name, tuple(tensor.shape), codec.QTYPE_OF_DTYPE[tensor.dtype], lambda: tensor)
 
 
@@ -156,19 +164,27 @@ def _check_source(source: TensorSource) -> None:
     name, shape = source.name, source.shape
     encoded = name.encode("utf-8") if isinstance(name, str) else b""
     if not 0 < len(encoded) <= C.MAX_TENSOR_NAME_BYTES:
-        raise GGUFFormatError(f"cannot write tensor {name!r}: names are 1..{C.MAX_TENSOR_NAME_BYTES} UTF-8 bytes")
+        raise GGUFFormatError(
+            f"cannot write tensor {name!r}: names are 1..{C.MAX_TENSOR_NAME_BYTES} UTF-8 bytes"
+        )
     if not 1 <= len(shape) <= C.MAX_DIMS or not all(isinstance(d, int) and d >= 1 for d in shape):
-        raise GGUFFormatError(f"cannot write tensor {name!r} of shape {shape}: 1..{C.MAX_DIMS} dims, each >= 1")
+        raise GGUFFormatError(
+            f"cannot write tensor {name!r} of shape {shape}: 1..{C.MAX_DIMS} dims, each >= 1"
+        )
     fmt = C.FORMAT_BY_NAME.get(source.qtype)
     if fmt is None:
         raise GGUFFormatError(f"cannot write tensor {name!r}: unknown type {source.qtype!r}")
     if shape[-1] % fmt.block_size:
-        raise GGUFFormatError(f"cannot write tensor {name!r} as {fmt.name}: its row length {shape[-1]} is not a "
-                              f"multiple of the block size {fmt.block_size}; pick another type")
+        raise GGUFFormatError(
+            f"cannot write tensor {name!r} as {fmt.name}: its row length {shape[-1]} is not a "
+            f"multiple of the block size {fmt.block_size}; pick another type"
+        )
 
 
 def _check_alignment(alignment: int, metadata: Mapping[str, Any]) -> None:
-    if not (isinstance(alignment, int) and 0 < alignment <= C.MAX_ALIGNMENT and alignment & (alignment - 1) == 0):
+    if not (
+        isinstance(alignment, int) and 0 < alignment <= C.MAX_ALIGNMENT and alignment & (alignment - 1) == 0
+    ):
         raise GGUFFormatError(f"alignment {alignment!r} must be a power of two from 1 to {C.MAX_ALIGNMENT}")
     declared = metadata.get("general.alignment", alignment)
     declared = getattr(declared, "value", declared)
@@ -193,18 +209,26 @@ def _encoded(source: TensorSource) -> np.ndarray:
     """Load one tensor and return its file bytes, checked against the declared shape and type."""
     values = source.load()
     if not isinstance(values, torch.Tensor):
-        raise GGUFFormatError(f"tensor {source.name!r}: load() returned {type(values).__name__}, not a tensor")
+        raise GGUFFormatError(
+            f"tensor {source.name!r}: load() returned {type(values).__name__}, not a tensor"
+        )
     if values.dtype == torch.uint8:
         if values.numel() != source.n_bytes:
-            raise GGUFFormatError(f"tensor {source.name!r}: load() returned {values.numel()} encoded bytes; "
-                                  f"{source.qtype} of shape {source.shape} takes {source.n_bytes}")
+            raise GGUFFormatError(
+                f"tensor {source.name!r}: load() returned {values.numel()} encoded bytes; "
+                f"{source.qtype} of shape {source.shape} takes {source.n_bytes}"
+            )
         return values.detach().cpu().contiguous().numpy().reshape(-1)
     if not values.is_floating_point() or tuple(values.shape) != tuple(source.shape):
-        raise GGUFFormatError(f"tensor {source.name!r}: load() returned {values.dtype} of shape "
-                              f"{tuple(values.shape)}; expected floats of shape {source.shape} or uint8 bytes")
+        raise GGUFFormatError(
+            f"tensor {source.name!r}: load() returned {values.dtype} of shape "
+            f"{tuple(values.shape)}; expected floats of shape {source.shape} or uint8 bytes"
+        )
     if source.qtype not in codec.FLOAT_DTYPES and source.qtype not in C.WRITABLE_QTYPES:
-        raise GGUFFormatError(f"tensor {source.name!r}: labkit cannot encode {source.qtype}; "
-                              "pass its encoded bytes (uint8) instead")
+        raise GGUFFormatError(
+            f"tensor {source.name!r}: labkit cannot encode {source.qtype}; "
+            "pass its encoded bytes (uint8) instead"
+        )
     data = codec.encode(values, source.qtype, source.name)
     assert data.size == source.n_bytes, (source.name, data.size, source.n_bytes)  # quantizer invariant
     return data

@@ -89,8 +89,7 @@ def resolve_format(qtype: str | Format) -> Format:
     key = qtype.name if isinstance(qtype, Format) else str(qtype).upper()
     if key not in _KERNELS:
         raise QuantizationError(
-            f"unknown or unsupported quantization type {qtype!r}; "
-            f"expected one of {', '.join(QUANT_TYPES)}"
+            f"unknown or unsupported quantization type {qtype!r}; expected one of {', '.join(QUANT_TYPES)}"
         )
     return FORMATS[key]
 
@@ -188,8 +187,9 @@ def quantize(x: torch.Tensor | np.ndarray, qtype: str | Format, *, name: str | N
     return out.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))  # (*leading, row_bytes)
 
 
-def dequantize(q: torch.Tensor | np.ndarray, qtype: str | Format, shape: Sequence[int], *,
-               name: str | None = None) -> torch.Tensor:
+def dequantize(
+    q: torch.Tensor | np.ndarray, qtype: str | Format, shape: Sequence[int], *, name: str | None = None
+) -> torch.Tensor:
     """Turn ggml block bytes back into float32 weights.
 
     Args:

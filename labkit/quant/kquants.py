@@ -64,8 +64,9 @@ def _as_uint8(values: torch.Tensor) -> torch.Tensor:
     return (values & 0xFF).to(torch.uint8)
 
 
-def _requantize(x: torch.Tensor, d_sub: torch.Tensor, dm_sub: torch.Tensor | None, lo: int, hi: int,
-                levels: torch.Tensor) -> torch.Tensor:
+def _requantize(
+    x: torch.Tensor, d_sub: torch.Tensor, dm_sub: torch.Tensor | None, lo: int, hi: int, levels: torch.Tensor
+) -> torch.Tensor:
     """Round each weight again with the scales it will be decoded with.
 
     ``q = clamp(round((x + dm) / d), lo, hi)`` where ``d``, ``dm`` are the
@@ -129,8 +130,9 @@ def quantize_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     scales, mins = scales.reshape(-1, 16), mins.reshape(-1, 16)  # (B, 16)
     # 2. quantize the 16 scales and 16 mins to 4 bits against d = max/15, dmin = max_min/15
     max_scale, max_min = _positive_max(scales), _positive_max(mins)
-    sc = torch.where((max_scale > 0).unsqueeze(1),
-                     nearest_int(divide_into(15.0, max_scale).unsqueeze(1) * scales), 0)
+    sc = torch.where(
+        (max_scale > 0).unsqueeze(1), nearest_int(divide_into(15.0, max_scale).unsqueeze(1) * scales), 0
+    )
     m = nearest_int(divide_into(15.0, max_min).unsqueeze(1) * mins)
     packed = torch.where((max_min > 0).unsqueeze(1), _as_uint8(sc | (m << 4)), _as_uint8(sc))  # (B, 16)
     d = torch.where(max_scale > 0, divide_by(max_scale, 15), 0.0)
@@ -358,8 +360,9 @@ def quantize_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     levels = _requantize(blocks.reshape(-1, 16, 16), d_sub, None, -32, 31, _rows(levels))  # 0..63
     q = levels.to(torch.uint8).reshape(-1, 2, 4, 32)  # (B, half, quarter, 32)
     low = q & 0xF
-    out[:, 0:128] = torch.cat([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)],
-                              dim=2).reshape(-1, 128)
+    out[:, 0:128] = torch.cat(
+        [low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], dim=2
+    ).reshape(-1, 128)
     out[:, 128:192] = _pack_2bit((q >> 4).reshape(-1, QK_K))  # the top 2 bits, packed like Q2_K's levels
     out[:, 192:208] = sc.to(torch.int8).view(torch.uint8)
     out[:, 208:210] = fp16_bits(d)

@@ -83,8 +83,9 @@ def _bits_per_weight(qtype: str | Format | None) -> float | None:
     return fmt.bits_per_weight
 
 
-def error_metrics(original: torch.Tensor, restored: torch.Tensor,
-                  qtype: str | Format | None = None) -> QuantErrorStats:
+def error_metrics(
+    original: torch.Tensor, restored: torch.Tensor, qtype: str | Format | None = None
+) -> QuantErrorStats:
     """Compare a tensor with its quantize -> dequantize round trip.
 
     Args:
@@ -100,8 +101,9 @@ def error_metrics(original: torch.Tensor, restored: torch.Tensor,
     return totals.stats(qtype)
 
 
-def model_error_metrics(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                        qtype: str | Format | None = None) -> QuantErrorStats:
+def model_error_metrics(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], qtype: str | Format | None = None
+) -> QuantErrorStats:
     """The same metrics over many tensors at once (a whole model), weighted by size.
 
     Args:

@@ -71,8 +71,15 @@ def _library() -> ctypes.CDLL:
             "(python -m pip install llama-cpp-python) to cross-check against it"
         )
     lib = ctypes.CDLL(str(path))
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
@@ -93,8 +100,9 @@ def ggml_quantize(x: torch.Tensor | np.ndarray, qtype: str | Format) -> torch.Te
     rows = np.ascontiguousarray(torch.as_tensor(x).to(torch.float32).numpy())
     n_rows, n_per_row = rows.shape
     out = np.zeros((n_rows, fmt.row_bytes(n_per_row)), dtype=np.uint8)
-    written = _library().ggml_quantize_chunk(fmt.type_id, rows.ctypes.data, out.ctypes.data, 0,
-                                             n_rows, n_per_row, None)
+    written = _library().ggml_quantize_chunk(
+        fmt.type_id, rows.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, None
+    )
     assert written == out.size, (written, out.size)
     return torch.from_numpy(out)
 

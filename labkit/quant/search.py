@@ -72,8 +72,14 @@ def _grid(iscale: torch.Tensor, lo: torch.Tensor, x: torch.Tensor, nmax: int) ->
     return nearest_int(scaled).clamp_(0, nmax).to(x.dtype)
 
 
-def _weighted_error(scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor, x: torch.Tensor,
-                    weights: torch.Tensor, use_mad: bool) -> torch.Tensor:
+def _weighted_error(
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    levels: torch.Tensor,
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    use_mad: bool,
+) -> torch.Tensor:
     """``sum_i w_i * err(scale * q_i + offset - x_i)`` with err = |.| (MAD) or squared."""
     diff = levels * scale  # (n, S), then C's order: ((scale*q) + min) - x
     diff += offset
@@ -86,8 +92,9 @@ def _weighted_error(scale: torch.Tensor, offset: torch.Tensor, levels: torch.Ten
     return sequential_sum(diff)  # (S,)
 
 
-def _least_squares(sum_w: torch.Tensor, sum_x: torch.Tensor, sum_l: torch.Tensor, sum_l2: torch.Tensor,
-                   sum_xl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _least_squares(
+    sum_w: torch.Tensor, sum_x: torch.Tensor, sum_l: torch.Tensor, sum_l2: torch.Tensor, sum_xl: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best ``scale``, ``min`` for ``x ~ scale * q + min`` given the levels ``q``.
 
     Minimizing ``sum w (scale*q + min - x)**2`` gives two linear equations;
@@ -102,8 +109,9 @@ def _least_squares(sum_w: torch.Tensor, sum_x: torch.Tensor, sum_l: torch.Tensor
     return det, torch.where(positive, sum_xl / sum_l2, scale), torch.where(positive, 0.0, offset)
 
 
-def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float, rdelta: float,
-                     nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_qkx2_quants(
+    x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find ``scale``, ``min`` and levels ``q in 0..nmax`` so that ``x ~ scale*q - min``.
 
     The search, for each sub-block:
@@ -180,8 +188,9 @@ def _symmetric_levels(x: torch.Tensor, iscale: torch.Tensor, nmax: int) -> torch
     return nearest_int(iscale * x).clamp_(-nmax, nmax - 1).to(x.dtype)  # (n, S)
 
 
-def _symmetric_sums(levels: torch.Tensor, weights: torch.Tensor,
-                    wx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _symmetric_sums(
+    levels: torch.Tensor, weights: torch.Tensor, wx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``sumlx = sum w*x*l`` and ``suml2 = sum w*l*l``: the best scale for these levels is their ratio."""
     products = levels.new_empty(levels.shape[0], 2, levels.shape[1])
     torch.mul(wx, levels, out=products[:, 0])  # (w*x)*l
@@ -230,8 +239,15 @@ def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
 # --- make_q3_quants: symmetric fit + coordinate descent (Q3_K) -----------------
 
 
-def _descent_pass(x: torch.Tensor, weights: torch.Tensor, wx: torch.Tensor, levels: torch.Tensor,
-                  sumlx: torch.Tensor, suml2: torch.Tensor, nmax: int) -> torch.Tensor:
+def _descent_pass(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    wx: torch.Tensor,
+    levels: torch.Tensor,
+    sumlx: torch.Tensor,
+    suml2: torch.Tensor,
+    nmax: int,
+) -> torch.Tensor:
     """One pass of make_q3_quants' coordinate descent, updating levels/sums in place.
 
     Step i is C's loop body for weight i, for every sub-block at once: take
@@ -251,7 +267,9 @@ def _descent_pass(x: torch.Tensor, weights: torch.Tensor, wx: torch.Tensor, leve
     n_changed = torch.zeros_like(sumlx)
     accept = torch.empty_like(sumlx)  # 1.0 where weight i's new level is kept, else 0.0
     test = torch.empty_like(sumlx)
-    for xi, wi, wxi, li in zip(x, weights, wx, levels):  # row i of each; li is a view into levels
+    for xi, wi, wxi, li in zip(
+        x, weights, wx, levels, strict=True
+    ):  # row i of each; li is a view into levels
         slx = sumlx - wxi * li  # the sums without weight i ...
         sl2 = suml2 - wi * li * li
         new_l = nearest_int(xi * sl2 / slx).clamp_(-nmax, nmax - 1).to(x.dtype)
@@ -308,7 +326,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
         x_part = x.index_select(1, lanes)  # (n, L): the sub-blocks in play
         w_part = x_part * x_part
         part = [x_part, w_part, w_part * x_part, levels.index_select(1, lanes), sumlx[lanes], suml2[lanes]]
-        n_changed = _descent_pass(*part, nmax)
+        n_changed = _descent_pass(part[0], part[1], part[2], part[3], part[4], part[5], nmax)
         levels.index_copy_(1, lanes, part[3])  # write the refined sub-blocks back
         sumlx.index_copy_(0, lanes, part[4])
         suml2.index_copy_(0, lanes, part[5])

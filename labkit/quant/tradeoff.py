@@ -7,8 +7,8 @@
 
 Every number these functions return is either *measured* here (timings, errors) or
 *computed* exactly from the block table (sizes); the records' docstrings say which.
-The reads go through ``labkit.probe``, which checks that a "device" read really
-reached the device (``labkit.pagecache``). The figures that draw these records are
+The reads go through ``labkit.hierarchy.probe``, which checks that a "device" read really
+reached the device (``labkit.hierarchy.pagecache``). The figures that draw these records are
 in ``labkit.figures.quant``.
 """
 
@@ -23,8 +23,8 @@ import gguf
 import numpy as np
 import torch
 
-from labkit import probe
 from labkit.formats import FORMATS
+from labkit.hierarchy import probe
 from labkit.quant import QUANT_TYPES, QuantErrorStats, dequantize, model_error_metrics, quantize
 
 READ_BLOCK_BYTES = 16 << 20  # read() size of the load-path reads
@@ -71,7 +71,9 @@ class TypePoint:
     stats: QuantErrorStats
 
 
-def sweep(sample: Mapping[str, torch.Tensor], n_weights: int, qtypes: Iterable[str] = QUANT_TYPES) -> list[TypePoint]:
+def sweep(
+    sample: Mapping[str, torch.Tensor], n_weights: int, qtypes: Iterable[str] = QUANT_TYPES
+) -> list[TypePoint]:
     """Quantize the sample to each type, measure the error, and size the whole model in that type.
 
     Args:
@@ -135,9 +137,9 @@ def _dequantize_all_gguf_py(f: Any) -> None:
 def time_load_path(f: Any, *, with_gguf_py: bool = True) -> LoadPathTimes:
     """Measure the steps of a Python load path on an open ``labkit.gguf`` file, one run each.
 
-    The device read is the first row of ``labkit.probe.measure_cold_read``: a ``read()`` after
+    The device read is the first row of ``labkit.hierarchy.probe.measure_cold_read``: a ``read()`` after
     the file was evicted from the page cache and checked, else ``O_DIRECT``, else not a device
-    number (then ``read_device_s`` is None). The warm read is ``labkit.probe.measure_warm_read``.
+    number (then ``read_device_s`` is None). The warm read is ``labkit.hierarchy.probe.measure_warm_read``.
 
     Args:
         f: the open file.

@@ -39,8 +39,9 @@ class LayoutExplorer:
         self.figure = go.FigureWidget(layout_figure(self.regions))
         for trace in self.figure.data:
             trace.on_click(self._on_click)
-        self.picker = widgets.Dropdown(options=list(self._by_name), description="tensor",
-                                       layout=widgets.Layout(width="420px"))
+        self.picker = widgets.Dropdown(
+            options=list(self._by_name), description="tensor", layout=widgets.Layout(width="420px")
+        )
         self._setting_picker = False  # True while show() sets the dropdown: no second redraw
         self.picker.observe(self._on_pick, names="value")
         self.details = widgets.HTML()

@@ -10,27 +10,36 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from labkit import probe, tiers
 from labkit.errors import ProbeError
-from labkit.figures.hierarchy import (KIND_STYLE, LoadTime, load_time_figure, load_times,
-                                     rate_text, seconds_text, tier_figure)
+from labkit.figures.hierarchy import (
+    KIND_STYLE,
+    LoadTime,
+    load_time_figure,
+    load_times,
+    rate_text,
+    seconds_text,
+    tier_figure,
+)
+from labkit.hierarchy import probe, tiers
 
 MiB = 1 << 20
 KiB = 1 << 10
 SIZE_OPTIONS = [(f"{n} MiB", n * MiB) for n in (16, 32, 64, 128, 256, 512, 1024)]
-BLOCK_OPTIONS = [(f"{n} KiB", n * KiB) for n in (4, 16, 64, 256)] + \
-                [(f"{n} MiB", n * MiB) for n in (1, 4, 16)]
+BLOCK_OPTIONS = [(f"{n} KiB", n * KiB) for n in (4, 16, 64, 256)] + [
+    (f"{n} MiB", n * MiB) for n in (1, 4, 16)
+]
 
 
 def _replace_figure(target: go.FigureWidget, source: go.Figure) -> None:
     """Copy ``source``'s traces and layout into ``target`` (same number of traces)."""
     with target.batch_update():
-        for old, new in zip(target.data, source.data):
+        for old, new in zip(target.data, source.data, strict=True):
             old.update(new.to_plotly_json())
         target.layout.update(source.layout.to_plotly_json())
 
@@ -52,16 +61,21 @@ class ProbePanel:
         >>> panel.widget       # display it
     """
 
-    def __init__(self, report: tiers.ProbeReport, *, repeats: int = 3,
-                 tmp_dir: str | None = None) -> None:
+    def __init__(self, report: tiers.ProbeReport, *, repeats: int = 3, tmp_dir: str | None = None) -> None:
         self.report = report
         self.repeats, self.tmp_dir = repeats, tmp_dir
         self.size = widgets.SelectionSlider(
-            options=_with(SIZE_OPTIONS, report.size_bytes), value=report.size_bytes,
-            description="file size", continuous_update=False)
+            options=_with(SIZE_OPTIONS, report.size_bytes),
+            value=report.size_bytes,
+            description="file size",
+            continuous_update=False,
+        )
         self.block = widgets.SelectionSlider(
-            options=_with(BLOCK_OPTIONS, report.block_bytes), value=report.block_bytes,
-            description="read block", continuous_update=False)
+            options=_with(BLOCK_OPTIONS, report.block_bytes),
+            value=report.block_bytes,
+            description="read block",
+            continuous_update=False,
+        )
         self.status = widgets.HTML()
         self.figure = go.FigureWidget(tier_figure(report))
         self.size.observe(self.remeasure, names="value")
@@ -74,8 +88,7 @@ class ProbePanel:
         self.status.value = "<i>measuring…</i>"
         start = time.perf_counter()
         try:
-            report = probe.run(self.size.value, self.block.value, tmp_dir=self.tmp_dir,
-                               repeats=self.repeats)
+            report = probe.run(self.size.value, self.block.value, tmp_dir=self.tmp_dir, repeats=self.repeats)
         except ProbeError as error:
             self.status.value = f"<b>cannot measure:</b> {html.escape(str(error))}"
             return self.report
@@ -85,7 +98,8 @@ class ProbePanel:
         self.status.value = (
             f"measured on this machine in {time.perf_counter() - start:.1f} s: "
             f"{cold.tier} {cold.operation} {cold.gb_per_s:.2f} GB/s "
-            f"(<i>{html.escape(cold.note)}</i>)")
+            f"(<i>{html.escape(cold.note)}</i>)"
+        )
         return report
 
 
@@ -96,10 +110,12 @@ def load_time_table_html(rows: list[LoadTime]) -> str:
         record = row.record
         colour = KIND_STYLE[record.kind][0]
         style = "font-weight:bold" if record.kind == "measured" else "font-style:italic;color:#666"
-        cells.append(f'<tr style="{style}"><td style="color:{colour}">{record.kind}</td>'
-                     f"<td>{html.escape(record.tier)}</td><td>{html.escape(record.operation)}</td>"
-                     f"<td>{html.escape(rate_text(record))}</td>"
-                     f"<td>{html.escape(seconds_text(row))}</td></tr>")
+        cells.append(
+            f'<tr style="{style}"><td style="color:{colour}">{record.kind}</td>'
+            f"<td>{html.escape(record.tier)}</td><td>{html.escape(record.operation)}</td>"
+            f"<td>{html.escape(rate_text(record))}</td>"
+            f"<td>{html.escape(seconds_text(row))}</td></tr>"
+        )
     return "<table>" + "".join(cells) + "</table>"
 
 
@@ -137,8 +153,9 @@ class QuotedSpeedDemo:
     """
 
     def __init__(self) -> None:
-        self.size_gb = widgets.FloatLogSlider(value=10.0, base=10, min=-1, max=2, step=0.1,
-                                              description="model GB", continuous_update=False)
+        self.size_gb = widgets.FloatLogSlider(
+            value=10.0, base=10, min=-1, max=2, step=0.1, description="model GB", continuous_update=False
+        )
         self.table = widgets.HTML()
         self.size_gb.observe(self.update, names="value")
         self.widget = widgets.VBox([self.size_gb, self.table])
@@ -147,6 +164,8 @@ class QuotedSpeedDemo:
         """Recompute the table for the slider's size (the slider's handler)."""
         report = tiers.ProbeReport(tuple(tiers.quoted_records()), (), 0, 0)
         rows = load_times(report, {"model": int(self.size_gb.value * 1e9)})
-        self.table.value = (f"<p>{self.size_gb.value:.3g} GB at the <i>quoted</i> speeds "
-                            "(nothing measured yet):</p>" + load_time_table_html(rows))
+        self.table.value = (
+            f"<p>{self.size_gb.value:.3g} GB at the <i>quoted</i> speeds "
+            "(nothing measured yet):</p>" + load_time_table_html(rows)
+        )
         return rows

@@ -39,14 +39,19 @@ class ErrorExplorer:
         self.file = f
         first_type, first_name = "Q4_K", tensor_names[0]  # what the pickers and the figure start on
         self.figure = go.FigureWidget(error_histogram(*_pair(f, first_name, first_type), title=""))
-        self.type_picker = widgets.Dropdown(options=list(QUANT_TYPES[1:]), value=first_type, description="type")
-        self.tensor_picker = widgets.Dropdown(options=tensor_names, value=first_name, description="tensor",
-                                              layout=widgets.Layout(width="420px"))
+        self.type_picker = widgets.Dropdown(
+            options=list(QUANT_TYPES[1:]), value=first_type, description="type"
+        )
+        self.tensor_picker = widgets.Dropdown(
+            options=tensor_names, value=first_name, description="tensor", layout=widgets.Layout(width="420px")
+        )
         self._setting_pickers = False  # True while show() sets the dropdowns: no second redraw
         for picker in (self.type_picker, self.tensor_picker):
             picker.observe(self._on_change, names="value")
         self.numbers = widgets.HTML()
-        self.widget = widgets.VBox([widgets.HBox([self.type_picker, self.tensor_picker]), self.figure, self.numbers])
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.type_picker, self.tensor_picker]), self.figure, self.numbers]
+        )
 
     def show(self, qtype: str, name: str) -> str:
         """Quantize ``name`` to ``qtype`` and back; redraw the histogram and the numbers,
@@ -57,14 +62,18 @@ class ErrorExplorer:
         """
         original, restored = _pair(self.file, name, qtype)
         stats = error_metrics(original, restored, qtype)
-        fresh = error_histogram(original, restored, title=f"{name} as {qtype}: error of each weight (measured)")
+        fresh = error_histogram(
+            original, restored, title=f"{name} as {qtype}: error of each weight (measured)"
+        )
         with self.figure.batch_update():
             self.figure.data[0].x = fresh.data[0].x
             self.figure.layout.title = fresh.layout.title
         rows = original.numel() // max(original.shape[-1], 1)
         self.numbers.value = stats_table(
-            stats, note=f"measured on {rows} rows of {FORMATS[qtype].block_size}-weight blocks; the original is "
-                        f"the file's {self.file.tensors[name].qtype} weights decoded to float32")
+            stats,
+            note=f"measured on {rows} rows of {FORMATS[qtype].block_size}-weight blocks; the original is "
+            f"the file's {self.file.tensors[name].qtype} weights decoded to float32",
+        )
         self._set_pickers(qtype, name)
         return self.numbers.value
 

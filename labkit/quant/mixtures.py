@@ -21,14 +21,15 @@ rules that apply to dense llama-architecture models:
 ``pure=True`` is llama.cpp's ``--pure``: every quantizable tensor gets the mixture's
 default type, and only the fallbacks of rule 4 still apply.
 
-``labkit.requant`` applies these plans to a file (what ``labkit quantize`` runs).
+``labkit.quant.requant`` applies these plans to a file (what ``labkit quantize`` runs).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from labkit.errors import QuantizationError
 from labkit.formats import FORMATS
@@ -49,12 +50,23 @@ class FileType:
 FILE_TYPES: dict[str, FileType] = {
     ft.name: ft
     for ft in [
-        FileType("F32", 0, "F32"), FileType("F16", 1, "F16"), FileType("BF16", 32, "BF16"),
-        FileType("Q4_0", 2, "Q4_0"), FileType("Q4_1", 3, "Q4_1"), FileType("Q8_0", 7, "Q8_0"),
-        FileType("Q5_0", 8, "Q5_0"), FileType("Q5_1", 9, "Q5_1"), FileType("Q2_K", 10, "Q2_K"),
-        FileType("Q3_K_S", 11, "Q3_K"), FileType("Q3_K_M", 12, "Q3_K"), FileType("Q3_K_L", 13, "Q3_K"),
-        FileType("Q4_K_S", 14, "Q4_K"), FileType("Q4_K_M", 15, "Q4_K"), FileType("Q5_K_S", 16, "Q5_K"),
-        FileType("Q5_K_M", 17, "Q5_K"), FileType("Q6_K", 18, "Q6_K"),
+        FileType("F32", 0, "F32"),
+        FileType("F16", 1, "F16"),
+        FileType("BF16", 32, "BF16"),
+        FileType("Q4_0", 2, "Q4_0"),
+        FileType("Q4_1", 3, "Q4_1"),
+        FileType("Q8_0", 7, "Q8_0"),
+        FileType("Q5_0", 8, "Q5_0"),
+        FileType("Q5_1", 9, "Q5_1"),
+        FileType("Q2_K", 10, "Q2_K"),
+        FileType("Q3_K_S", 11, "Q3_K"),
+        FileType("Q3_K_M", 12, "Q3_K"),
+        FileType("Q3_K_L", 13, "Q3_K"),
+        FileType("Q4_K_S", 14, "Q4_K"),
+        FileType("Q4_K_M", 15, "Q4_K"),
+        FileType("Q5_K_S", 16, "Q5_K"),
+        FileType("Q5_K_M", 17, "Q5_K"),
+        FileType("Q6_K", 18, "Q6_K"),
     ]
 }
 
@@ -307,7 +319,13 @@ def _attn_output_type(file_type: FileType) -> tuple[str, str]:
 
 
 def mixture_type(
-    name: str, shape: Sequence[int], file_type: FileType, model: ModelShape, counters: dict[str, int], *, tied: bool
+    name: str,
+    shape: Sequence[int],
+    file_type: FileType,
+    model: ModelShape,
+    counters: dict[str, int],
+    *,
+    tied: bool,
 ) -> tuple[str, str]:
     """The mixture's choice for one quantizable tensor, before fallbacks (``llama_tensor_get_type_impl``).
 
@@ -351,7 +369,11 @@ def _target_type(
 
 
 def plan_types(
-    tensors: Mapping[str, Any] | Iterable[Any], metadata: Mapping[str, Any], type_name: str, *, pure: bool = False
+    tensors: Mapping[str, Any] | Iterable[Any],
+    metadata: Mapping[str, Any],
+    type_name: str,
+    *,
+    pure: bool = False,
 ) -> list[TensorPlan]:
     """Decide every tensor's output type the way llama.cpp's quantizer does.
 
@@ -371,7 +393,8 @@ def plan_types(
     """
     file_type, pure = resolve_type(type_name, pure=pure)
     model = ModelShape.from_metadata(metadata)
-    infos = {t.name: t for t in (tensors.values() if isinstance(tensors, Mapping) else tensors)}
+    listed: Iterable[Any] = tensors.values() if isinstance(tensors, Mapping) else tensors
+    infos = {t.name: t for t in listed}
     names = llama_cpp_order(infos)
     counters = {"attn_v": 0, "ffn_down": 0, "n_attn_v": sum(category(n) == "attn_v" for n in names)}
     tied = "output.weight" not in infos

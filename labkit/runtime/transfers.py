@@ -18,24 +18,17 @@ time are known:
   is ``"modelled"``: its time can only be estimated, as bytes / bandwidth.
 On a CPU nothing crosses a bus to a device, so every time is ``"modelled"``.
 
-``time_decode(model, ids, n_tokens)`` measures what all those hops add up to:
-greedy decoding speed in tokens per second, beside the weight bytes one token
-reads, from which the memory-bandwidth bound follows.
+What all those hops add up to, in tokens per second, is measured by
+``labkit.runtime.timing``.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
-
-from labkit.errors import ModelError
-
-if TYPE_CHECKING:  # only for the type hint: labkit.model imports this module
-    from labkit.model import Model
 
 # The hop names, in the order a token meets them.
 HOPS = (
@@ -93,26 +86,37 @@ class TransferLog:
         """Name of the memory the weights and activations live in."""
         return "VRAM" if self.device.type == "cuda" else "host RAM"
 
-    def add(self, hop: str, tensor: torch.Tensor | int, *, layer: int | None = None,
-            source: str | None = None, destination: str = "cores") -> None:
+    def add(
+        self,
+        hop: str,
+        tensor: torch.Tensor | int,
+        *,
+        layer: int | None = None,
+        source: str | None = None,
+        destination: str = "cores",
+    ) -> None:
         """Record a hop of ``tensor`` (or of a byte count): size counted, time not measured."""
         size_bytes = tensor if isinstance(tensor, int) else tensor.numel() * tensor.element_size()
-        self.records.append(Transfer(self.step, hop, layer, source or self.memory, destination, size_bytes, "modelled"))
+        self.records.append(
+            Transfer(self.step, hop, layer, source or self.memory, destination, size_bytes, "modelled")
+        )
 
     def to_device(self, tensor: torch.Tensor, hop: str) -> torch.Tensor:
         """Copy a host tensor to the compute device, timing the copy when it crosses to a GPU."""
         moved, elapsed_s = _copy(tensor, self.device)
         time_basis = "measured" if elapsed_s is not None else "modelled"
-        self.records.append(Transfer(self.step, hop, None, "host RAM", self.memory, _nbytes(tensor), time_basis,
-                                     elapsed_s))
+        self.records.append(
+            Transfer(self.step, hop, None, "host RAM", self.memory, _nbytes(tensor), time_basis, elapsed_s)
+        )
         return moved
 
     def to_host(self, tensor: torch.Tensor, hop: str) -> torch.Tensor:
         """Copy a result back to host RAM, timing the copy when it comes from a GPU."""
         moved, elapsed_s = _copy(tensor, torch.device("cpu"))
         time_basis = "measured" if elapsed_s is not None else "modelled"
-        self.records.append(Transfer(self.step, hop, None, self.memory, "host RAM", _nbytes(tensor), time_basis,
-                                     elapsed_s))
+        self.records.append(
+            Transfer(self.step, hop, None, self.memory, "host RAM", _nbytes(tensor), time_basis, elapsed_s)
+        )
         return moved
 
     def next_step(self) -> None:
@@ -165,57 +169,3 @@ def bytes_per_step(records: Iterable[Transfer]) -> dict[int, int]:
     for record in records:
         totals[record.step] += record.size_bytes
     return dict(sorted(totals.items()))
-
-
-@dataclass(frozen=True)
-class DecodeTiming:
-    """How fast a model decoded (measured), beside the weight bytes each token read (counted).
-
-    Attributes:
-        n_tokens: decode steps timed, at batch 1 (after the prompt and one untimed warm-up step).
-        elapsed_s: wall time of those steps (measured).
-        weight_bytes_per_token: bytes of resident weights one step reads (counted).
-    """
-
-    n_tokens: int
-    elapsed_s: float
-    weight_bytes_per_token: int
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode speed (measured): ``n_tokens / elapsed_s``."""
-        return self.n_tokens / self.elapsed_s
-
-    def bound_tokens_per_s(self, read_gb_per_s: float) -> float:
-        """The memory-bandwidth bound (modelled): ``read_gb_per_s`` / weight bytes per token.
-
-        Args:
-            read_gb_per_s: RAM read bandwidth, e.g. a ``labkit.probe.measure_ram_read`` row's ``gb_per_s``.
-        """
-        return read_gb_per_s * 1e9 / self.weight_bytes_per_token
-
-
-def time_decode(model: Model, prompt_ids: Sequence[int], n_tokens: int) -> DecodeTiming:
-    """Time ``n_tokens`` greedy decode steps at batch 1 with a KV cache.
-
-    The prompt and one more step (allocations, thread start-up) run first, untimed; then each
-    timed step feeds the previous step's most likely token back in, as ``Model.generate`` does.
-
-    Args:
-        model: a loaded ``labkit.model.Model``.
-        prompt_ids: the prompt's token ids.
-        n_tokens: decode steps to time.
-    Returns:
-        A ``DecodeTiming``.
-    Raises:
-        ModelError: ``n_tokens`` is below 1, or the prompt plus ``n_tokens + 1`` steps pass the context.
-    """
-    if n_tokens < 1:
-        raise ModelError(f"n_tokens={n_tokens}; time at least 1 decode step")
-    cache = model.new_cache()
-    token = int(model.forward(prompt_ids, cache)[0, -1].argmax())
-    token = int(model.forward([token], cache)[0, -1].argmax())  # warm-up step, not timed
-    start_s = time.perf_counter()
-    for _ in range(n_tokens):
-        token = int(model.forward([token], cache)[0, -1].argmax())
-    return DecodeTiming(n_tokens, time.perf_counter() - start_s, model.weight_bytes_per_token)

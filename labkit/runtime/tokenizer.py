@@ -19,8 +19,9 @@ jinja2's *sandboxed* environment (CVE-2024-34359 was a template that ran code).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from labkit.errors import ModelError
 
@@ -57,7 +58,9 @@ class Tokenizer:
         'Hello world'
     """
 
-    def __init__(self, backend: Any, tokens: Sequence[str], special: SpecialTokens, chat_template: str | None):
+    def __init__(
+        self, backend: Any, tokens: Sequence[str], special: SpecialTokens, chat_template: str | None
+    ):
         self._backend = backend  # tokenizers.Tokenizer
         self.tokens = list(tokens)
         self.special = special
@@ -68,7 +71,7 @@ class Tokenizer:
         return len(self.tokens)
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> "Tokenizer":
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Build the tokenizer from a GGUF metadata mapping.
 
         Raises:
@@ -119,11 +122,15 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
-            raise ModelError(f"token id {bad} is outside the vocabulary: ids run from 0 to "
-                             f"{self.vocab_size - 1} (vocab size {self.vocab_size})")
+            raise ModelError(
+                f"token id {bad} is outside the vocabulary: ids run from 0 to "
+                f"{self.vocab_size - 1} (vocab size {self.vocab_size})"
+            )
         return self._backend.decode(ids, skip_special_tokens=skip_special)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         """Format a chat with the file's own jinja2 template, rendered in a sandbox.
 
         Args:
@@ -149,7 +156,10 @@ class Tokenizer:
         try:
             template = env.from_string(self.chat_template)
             return template.render(
-                messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos,
+                eos_token=eos,
             )
         except jinja2.TemplateError as error:  # SecurityError is a TemplateError too
             raise ModelError(f"the file's chat template failed: {error}") from error
@@ -161,7 +171,7 @@ def _build_backend(tokens: list[str], types: list[int], merges: list[str], regex
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab = {token: i for i, token in enumerate(tokens)}
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    pairs = [(left, right) for left, right in (m.split(" ", 1) for m in merges)]
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=False))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -169,10 +179,20 @@ def _build_backend(tokens: list[str], types: list[int], merges: list[str], regex
     )
     backend.decoder = decoders.ByteLevel()
     # Control tokens match only when parse_special is on; user-defined tokens always match.
-    backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i, t in enumerate(types) if t == TOKEN_CONTROL])
-    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                        for i, t in enumerate(types) if t == TOKEN_USER_DEFINED])
+    backend.add_special_tokens(
+        [
+            AddedToken(tokens[i], special=True, normalized=False)
+            for i, t in enumerate(types)
+            if t == TOKEN_CONTROL
+        ]
+    )
+    backend.add_tokens(
+        [
+            AddedToken(tokens[i], special=False, normalized=False)
+            for i, t in enumerate(types)
+            if t == TOKEN_USER_DEFINED
+        ]
+    )
     return backend
 
 
@@ -185,7 +205,11 @@ def _special_tokens(metadata: Mapping[str, Any], tokens: list[str], types: list[
     eot = token_id("eot_token_id")
     # Chat models end a turn with a control token named like these (llama.cpp does the same search).
     end_names = {"<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>"}
-    ends = {i for i, (tok, typ) in enumerate(zip(tokens, types)) if typ == TOKEN_CONTROL and tok in end_names}
+    ends = {
+        i
+        for i, (tok, typ) in enumerate(zip(tokens, types, strict=True))
+        if typ == TOKEN_CONTROL and tok in end_names
+    }
     ends |= {i for i in (eos, eot) if i is not None}
     return SpecialTokens(
         bos_id=token_id("bos_token_id"),

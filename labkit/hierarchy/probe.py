@@ -7,7 +7,7 @@ weight's journey, beside the article's speed table (quoted, with sources):
 
 Honesty rules every number here follows:
 
-- A cold read counts as a *disk* read only when the eviction was checked (``labkit.pagecache``:
+- A cold read counts as a *disk* read only when the eviction was checked (``labkit.hierarchy.pagecache``:
   ``mincore`` residency, ``/proc/self/io``), or when ``O_DIRECT`` bypassed the cache. Otherwise
   the row says "page cache (not evicted)".
 - The first run of every measurement is reported apart (``first_run_gb_per_s``): a VM that hands
@@ -20,29 +20,37 @@ Units: GB/s = 10^9 bytes/s; ``moved_bytes`` counts each byte once: copied once (
 and writes, so memory traffic is about twice that), or read once (the ``sum()`` rows, which
 write nothing). Inspired by the template of pytorch/tutorials
 ``intermediate_source/pinmem_nonblock.py``: one timing helper, one table. The table's rows
-(``TierRecord``) and the quoted figures live in ``labkit.tiers``.
+(``TierRecord``) and the quoted figures live in ``labkit.hierarchy.tiers``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from labkit import pagecache
 from labkit.errors import ProbeError
-from labkit.tiers import (TIERS, ProbeReport, TierRecord, measured_record, modelled_host_to_device,
-                          quoted_records)
+from labkit.hierarchy import pagecache
+from labkit.hierarchy.tiers import (
+    TIERS,
+    ProbeReport,
+    TierRecord,
+    measured_record,
+    modelled_host_to_device,
+    quoted_records,
+)
 
 MiB = 1 << 20
 DEFAULT_SIZE_BYTES = 256 * MiB
 DEFAULT_BLOCK_BYTES = 1 * MiB
-_RAM_SAFETY = 0.8   # use at most this share of available RAM
+_RAM_SAFETY = 0.8  # use at most this share of available RAM
 _DISK_SAFETY = 0.9  # and of free disk space
 
 
@@ -68,34 +76,45 @@ def check_fits(size_bytes: int, free_disk_bytes: int, free_ram_bytes: int) -> No
         raise ProbeError(
             f"size_bytes={size_bytes:,} does not fit the temp folder's free space "
             f"({free_disk_bytes:,} bytes free, at most {_DISK_SAFETY:.0%} used); "
-            "pass a smaller size or tmp_dir= a folder on a bigger disk")
+            "pass a smaller size or tmp_dir= a folder on a bigger disk"
+        )
     if 2 * size_bytes > free_ram_bytes * _RAM_SAFETY:
         raise ProbeError(
             f"size_bytes={size_bytes:,} needs {2 * size_bytes:,} bytes of RAM for the copy "
-            f"buffers but only {free_ram_bytes:,} are available; pass a smaller size")
+            f"buffers but only {free_ram_bytes:,} are available; pass a smaller size"
+        )
 
 
-def _check_request(size_bytes: int, block_bytes: int, tmp_dir: str | os.PathLike[str] | None,
-                   repeats: int, cuda: bool | None = None) -> Path:
+def _check_request(
+    size_bytes: int,
+    block_bytes: int,
+    tmp_dir: str | os.PathLike[str] | None,
+    repeats: int,
+    cuda: bool | None = None,
+) -> Path:
     if cuda and not torch.cuda.is_available():
         why = "torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA device"
-        raise ProbeError(f"cuda=True, but there is no CUDA device to measure ({why}); "
-                         "pass cuda=None to measure PCIe/VRAM only when a GPU is present")
+        raise ProbeError(
+            f"cuda=True, but there is no CUDA device to measure ({why}); "
+            "pass cuda=None to measure PCIe/VRAM only when a GPU is present"
+        )
     if block_bytes <= 0 or block_bytes % pagecache.DIRECT_IO_ALIGN_BYTES:
-        raise ProbeError(f"block_bytes={block_bytes} must be a positive multiple of 4096 "
-                         "(O_DIRECT reads need aligned blocks); try 1 MiB = 1048576")
+        raise ProbeError(
+            f"block_bytes={block_bytes} must be a positive multiple of 4096 "
+            "(O_DIRECT reads need aligned blocks); try 1 MiB = 1048576"
+        )
     if size_bytes < block_bytes:
-        raise ProbeError(f"size_bytes={size_bytes} is smaller than block_bytes={block_bytes}; "
-                         "the file must hold at least one block")
+        raise ProbeError(
+            f"size_bytes={size_bytes} is smaller than block_bytes={block_bytes}; "
+            "the file must hold at least one block"
+        )
     if repeats < 1:
         raise ProbeError(f"repeats={repeats} must be at least 1")
     folder = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
     if not folder.is_dir():
-        raise ProbeError(f"tmp_dir {str(folder)!r} is not an existing folder; "
-                         "create it or pass another")
+        raise ProbeError(f"tmp_dir {str(folder)!r} is not an existing folder; create it or pass another")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ProbeError(f"tmp_dir {str(folder)!r} is not writable; "
-                         "pass tmp_dir= a writable folder")
+        raise ProbeError(f"tmp_dir {str(folder)!r} is not writable; pass tmp_dir= a writable folder")
     check_fits(size_bytes, shutil.disk_usage(folder).free, available_ram_bytes())
     return folder
 
@@ -109,8 +128,9 @@ def _wall_clock(step: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_runs(step: Callable[[], object], runs: int,
-              clock: Callable[[Callable[[], object]], float] = _wall_clock) -> list[float]:
+def time_runs(
+    step: Callable[[], object], runs: int, clock: Callable[[Callable[[], object]], float] = _wall_clock
+) -> list[float]:
     """Run ``step`` ``runs`` times and return the seconds each took, as ``clock`` measures."""
     return [clock(step) for _ in range(runs)]
 
@@ -118,8 +138,7 @@ def time_runs(step: Callable[[], object], runs: int,
 # ---------------------------------------------------------------- the measurements
 
 
-def measure_cold_read(path: Path, block_bytes: int, repeats: int,
-                      method: str = "auto") -> list[TierRecord]:
+def measure_cold_read(path: Path, block_bytes: int, repeats: int, method: str = "auto") -> list[TierRecord]:
     """Time reads of ``path`` from the device: fadvise eviction, verified; else O_DIRECT;
     else a row honestly labelled "page cache (not evicted)". Adds a cold mmap row when the
     eviction works.
@@ -132,31 +151,52 @@ def measure_cold_read(path: Path, block_bytes: int, repeats: int,
     if method == "direct":
         direct = pagecache.timed_direct_runs(path, block_bytes, runs)
         if direct is None or not direct[1].verified:
-            raise ProbeError(f"O_DIRECT reads of {path} are refused or not verifiable here; "
-                             "use method='auto'")
-        return [measured_record("disk", "O_DIRECT read()", size_bytes, direct[0], direct_what,
-                                direct[1].how)]
+            raise ProbeError(
+                f"O_DIRECT reads of {path} are refused or not verifiable here; use method='auto'"
+            )
+        return [measured_record("disk", "O_DIRECT read()", size_bytes, direct[0], direct_what, direct[1].how)]
     buffer = pagecache.aligned_buffer(block_bytes)
-    times, verdicts = pagecache.timed_cold_runs(path, runs,
-                                                lambda: pagecache.read_file(path, buffer))
+    times, verdicts = pagecache.timed_cold_runs(path, runs, lambda: pagecache.read_file(path, buffer))
     what = f"read() of {block_bytes:,}-byte blocks after fsync + posix_fadvise(DONTNEED)"
     if all(verdict.verified for verdict in verdicts):
         how = f"{verdicts[0].how} (checked before each of the {runs} runs)"
         rows = [measured_record("disk", "cold read()", size_bytes, times, what, how)]
-        map_times, map_verdicts = pagecache.timed_cold_runs(
-            path, runs, lambda: pagecache.touch_pages(path))
+        map_times, map_verdicts = pagecache.timed_cold_runs(path, runs, lambda: pagecache.touch_pages(path))
         if all(verdict.verified for verdict in map_verdicts):
-            rows.append(measured_record("disk", "cold mmap + touch every page", size_bytes,
-                                        map_times, "mmap, read 1 byte per page after eviction",
-                                        map_verdicts[0].how))
+            rows.append(
+                measured_record(
+                    "disk",
+                    "cold mmap + touch every page",
+                    size_bytes,
+                    map_times,
+                    "mmap, read 1 byte per page after eviction",
+                    map_verdicts[0].how,
+                )
+            )
         return rows
     direct = pagecache.timed_direct_runs(path, block_bytes, runs) if method == "auto" else None
     if direct is not None and direct[1].verified:
-        return [measured_record("disk", "O_DIRECT read()", size_bytes, direct[0], direct_what,
-                                f"{direct[1].how}; fadvise eviction did not work here")]
+        return [
+            measured_record(
+                "disk",
+                "O_DIRECT read()",
+                size_bytes,
+                direct[0],
+                direct_what,
+                f"{direct[1].how}; fadvise eviction did not work here",
+            )
+        ]
     why = next(verdict.how for verdict in verdicts if not verdict.verified)
-    return [measured_record("page cache (not evicted)", "cold read() (eviction not verified)",
-                            size_bytes, times, what, f"NOT a disk number: {why}")]
+    return [
+        measured_record(
+            "page cache (not evicted)",
+            "cold read() (eviction not verified)",
+            size_bytes,
+            times,
+            what,
+            f"NOT a disk number: {why}",
+        )
+    ]
 
 
 def measure_warm_read(path: Path, block_bytes: int, repeats: int) -> TierRecord:
@@ -167,8 +207,14 @@ def measure_warm_read(path: Path, block_bytes: int, repeats: int) -> TierRecord:
     resident = pagecache.resident_fraction(path)
     times = time_runs(lambda: pagecache.read_file(path, buffer), repeats + 1)
     note = "" if resident is None else f"mincore: {resident:.0%} of the file cached"
-    return measured_record("page cache", "warm read()", size_bytes, times,
-                           f"read() of {block_bytes:,}-byte blocks into one reused buffer", note)
+    return measured_record(
+        "page cache",
+        "warm read()",
+        size_bytes,
+        times,
+        f"read() of {block_bytes:,}-byte blocks into one reused buffer",
+        note,
+    )
 
 
 def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list[TierRecord]:
@@ -177,20 +223,45 @@ def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list
     src = torch.empty(size_bytes, dtype=torch.uint8)
     first = _wall_clock(lambda: src.fill_(1))
     dst = torch.zeros(size_bytes, dtype=torch.uint8)  # pre-faulted destination
-    rows = [measured_record("RAM", "first touch of fresh memory", size_bytes, [first],
-                            "fill_ of a new tensor (page faults + zeroing); one run",
-                            "VMs that return idle memory to the host make this slow")]
+    rows = [
+        measured_record(
+            "RAM",
+            "first touch of fresh memory",
+            size_bytes,
+            [first],
+            "fill_ of a new tensor (page faults + zeroing); one run",
+            "VMs that return idle memory to the host make this slow",
+        )
+    ]
     if path is not None:
-        rows.append(measured_record("page cache", "mmap + touch every page", size_bytes,
-                                    time_runs(lambda: pagecache.touch_pages(path), repeats + 1),
-                                    "mmap, read 1 byte per page (maps pages, copies nothing)"))
-        rows.append(measured_record("page cache", "mmap + copy into RAM", size_bytes,
-                                    time_runs(lambda: pagecache.touch_pages(path, dst.numpy()),
-                                              repeats + 1),
-                                    "mmap, np.copyto into a pre-faulted buffer (1 thread)"))
+        rows.append(
+            measured_record(
+                "page cache",
+                "mmap + touch every page",
+                size_bytes,
+                time_runs(lambda: pagecache.touch_pages(path), repeats + 1),
+                "mmap, read 1 byte per page (maps pages, copies nothing)",
+            )
+        )
+        rows.append(
+            measured_record(
+                "page cache",
+                "mmap + copy into RAM",
+                size_bytes,
+                time_runs(lambda: pagecache.touch_pages(path, dst.numpy()), repeats + 1),
+                "mmap, np.copyto into a pre-faulted buffer (1 thread)",
+            )
+        )
     for threads, label, times in _time_at_1_and_all_threads(lambda: dst.copy_(src), repeats + 1):
-        rows.append(measured_record("RAM", f"copy_, {threads} {label}", size_bytes, times,
-                                    "torch copy_ into a pre-faulted tensor (memcpy class)"))
+        rows.append(
+            measured_record(
+                "RAM",
+                f"copy_, {threads} {label}",
+                size_bytes,
+                times,
+                "torch copy_ into a pre-faulted tensor (memcpy class)",
+            )
+        )
     return rows
 
 
@@ -228,24 +299,36 @@ def measure_ram_read(size_bytes: int, repeats: int) -> list[TierRecord]:
         ProbeError: ``size_bytes`` holds no float32 number, or ``repeats`` is below 1.
     """
     if size_bytes < 4:
-        raise ProbeError(f"size_bytes={size_bytes} holds no float32 number; pass at least 4 "
-                         "(far more than the CPU cache, e.g. 256 MiB = 268435456)")
+        raise ProbeError(
+            f"size_bytes={size_bytes} holds no float32 number; pass at least 4 "
+            "(far more than the CPU cache, e.g. 256 MiB = 268435456)"
+        )
     if repeats < 1:
         raise ProbeError(f"repeats={repeats} must be at least 1")
     buffer = torch.ones(size_bytes // 4)  # float32; ones() touches, so faults in, every page
     moved_bytes = buffer.numel() * buffer.element_size()
-    return [measured_record("RAM", f"sum() read, {threads} {label}", moved_bytes, times,
-                            "torch sum() over a pre-faulted float32 buffer (reads each byte once)")
-            for threads, label, times in _time_at_1_and_all_threads(buffer.sum, repeats + 1)]
+    return [
+        measured_record(
+            "RAM",
+            f"sum() read, {threads} {label}",
+            moved_bytes,
+            times,
+            "torch sum() over a pre-faulted float32 buffer (reads each byte once)",
+        )
+        for threads, label, times in _time_at_1_and_all_threads(buffer.sum, repeats + 1)
+    ]
 
 
-def cuda_cases(pageable: torch.Tensor, pinned: torch.Tensor, device_a: torch.Tensor,
-               device_b: torch.Tensor) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
+def cuda_cases(
+    pageable: torch.Tensor, pinned: torch.Tensor, device_a: torch.Tensor, device_b: torch.Tensor
+) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
     """Return the CUDA copies to time as (tier, operation, destination, source)."""
-    return [("PCIe", "host→device, pageable", device_a, pageable),
-            ("PCIe", "host→device, pinned", device_a, pinned),
-            ("PCIe", "device→host, pinned", pinned, device_a),
-            ("VRAM", "device→device copy", device_b, device_a)]
+    return [
+        ("PCIe", "host→device, pageable", device_a, pageable),
+        ("PCIe", "host→device, pinned", device_a, pinned),
+        ("PCIe", "device→host, pinned", pinned, device_a),
+        ("VRAM", "device→device copy", device_b, device_a),
+    ]
 
 
 def _cuda_clock(step: Callable[[], object]) -> float:
@@ -268,10 +351,9 @@ def measure_cuda(size_bytes: int, repeats: int) -> list[TierRecord]:
     device_b = torch.zeros(size_bytes, dtype=torch.uint8, device="cuda")
     rows = []
     for tier, operation, dst, src in cuda_cases(pageable, pinned, device_a, device_b):
-        times = time_runs(lambda: dst.copy_(src, non_blocking=True), repeats + 1, _cuda_clock)
+        times = time_runs(functools.partial(dst.copy_, src, non_blocking=True), repeats + 1, _cuda_clock)
         note = "a copy reads and writes: memory traffic is 2x this" if tier == "VRAM" else ""
-        rows.append(measured_record(tier, operation, size_bytes, times,
-                                    "copy_ timed with CUDA events", note))
+        rows.append(measured_record(tier, operation, size_bytes, times, "copy_ timed with CUDA events", note))
     return rows
 
 
@@ -286,9 +368,16 @@ def _progress_bar(enabled: bool, total: int) -> Any:
     return tqdm(total=total, desc="probe", unit="step", leave=False)
 
 
-def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES,
-        tmp_dir: str | os.PathLike[str] | None = None, progress: bool = False, *,
-        repeats: int = 5, cold_method: str = "auto", cuda: bool | None = None) -> ProbeReport:
+def run(
+    size_bytes: int = DEFAULT_SIZE_BYTES,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    tmp_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    *,
+    repeats: int = 5,
+    cold_method: str = "auto",
+    cuda: bool | None = None,
+) -> ProbeReport:
     """Measure every tier this machine has, and list the quoted ones beside them.
 
     Args:
@@ -320,10 +409,16 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
     records: list[TierRecord] = []
     try:
         steps: list[Callable[[], list[TierRecord]]] = [
-            lambda: [measured_record(
-                "disk", "write + fsync (new file)", size_bytes,
-                [pagecache.write_test_file(path, size_bytes, block_bytes)],
-                "write() blocks, then fsync; one run", "one run: includes block allocation")],
+            lambda: [
+                measured_record(
+                    "disk",
+                    "write + fsync (new file)",
+                    size_bytes,
+                    [pagecache.write_test_file(path, size_bytes, block_bytes)],
+                    "write() blocks, then fsync; one run",
+                    "one run: includes block allocation",
+                )
+            ],
             lambda: measure_cold_read(path, block_bytes, repeats, cold_method),
             lambda: [measure_warm_read(path, block_bytes, repeats)],
             lambda: measure_ram(size_bytes, repeats, path),
@@ -342,13 +437,14 @@ def run(size_bytes: int = DEFAULT_SIZE_BYTES, block_bytes: int = DEFAULT_BLOCK_B
     return _assemble(records, size_bytes, block_bytes, use_cuda)
 
 
-def _assemble(measured: list[TierRecord], size_bytes: int, block_bytes: int,
-              use_cuda: bool) -> ProbeReport:
+def _assemble(measured: list[TierRecord], size_bytes: int, block_bytes: int, use_cuda: bool) -> ProbeReport:
     extra = quoted_records()
-    notes = ["GB/s = 10^9 bytes per second; moved_bytes counts each byte copied (or, for sum(), read) once.",
-             "Headline = median of the runs after the first; the first (warm-up) run is "
-             "reported apart because fresh memory on a VM can be 10x slower to touch.",
-             "'cold' means: not in this OS's page cache (a VM host may still cache the file)."]
+    notes = [
+        "GB/s = 10^9 bytes per second; moved_bytes counts each byte copied (or, for sum(), read) once.",
+        "Headline = median of the runs after the first; the first (warm-up) run is "
+        "reported apart because fresh memory on a VM can be 10x slower to touch.",
+        "'cold' means: not in this OS's page cache (a VM host may still cache the file).",
+    ]
     if use_cuda:
         device = torch.cuda.get_device_name()
     else:

@@ -1,6 +1,6 @@
 """How a loaded model holds its weights: dense floats, or the file's quantized bytes.
 
-Two modes (``labkit.model.load(..., weights=...)``):
+Two modes (``labkit.runtime.load(..., weights=...)``):
 
 - ``"dequantized"``: every tensor is dequantized once at load time and kept as
   float32/bfloat16/float16: fast matmuls, 4-8x the file's bytes in memory;
@@ -34,7 +34,8 @@ Two load-time changes make batch-1 decoding faster without changing the math:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -57,8 +58,9 @@ def matmul_layout(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.contiguous()
 
 
-def dequantize_rows(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype, *,
-                    name: str = "") -> torch.Tensor:
+def dequantize_rows(
+    raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype, *, name: str = ""
+) -> torch.Tensor:
     """A quantized matrix's bytes as ``dtype`` floats of ``shape`` ``(n_rows, n_cols)``.
 
     ``labkit.quant.dequantize`` returns float32. For a narrower ``dtype`` the rows are decoded a slab
@@ -81,8 +83,8 @@ def dequantize_rows(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype
     out = torch.empty(shape, dtype=dtype, device=raw.device)
     step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
     for start in range(0, n_rows, step):
-        slab = rows[start:start + step]  # (<= step, bytes per row)
-        out[start:start + step] = dequantize(slab, qtype, (slab.shape[0], n_cols), name=name).to(dtype)
+        slab = rows[start : start + step]  # (<= step, bytes per row)
+        out[start : start + step] = dequantize(slab, qtype, (slab.shape[0], n_cols), name=name).to(dtype)
     return out
 
 
@@ -92,7 +94,9 @@ def _decode(gguf_file: Any, name: str, qtype: str, dtype: torch.dtype) -> torch.
         return gguf_file.tensor(name, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the bytes are a read-only view of the mapped file
-        return dequantize_rows(gguf_file.raw(name), qtype, tuple(gguf_file.tensors[name].shape), dtype, name=name)
+        return dequantize_rows(
+            gguf_file.raw(name), qtype, tuple(gguf_file.tensors[name].shape), dtype, name=name
+        )
 
 
 class Weights:
@@ -112,27 +116,39 @@ class Weights:
         device: where the tensors live.
     """
 
-    def __init__(self, gguf_file: Any, names: Sequence[str], *, mode: str, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, gguf_file: Any, names: Sequence[str], *, mode: str, dtype: torch.dtype, device: torch.device
+    ):
         self.mode, self.dtype, self.device = mode, dtype, device
         self.dense: dict[str, torch.Tensor] = {}
         self.packed: dict[str, list[Packed]] = {}
         for name, parts in _storage_plan(names).items():
             infos = [gguf_file.tensors[part] for part in parts]
             if mode == "quantized" and all(FORMATS[info.qtype].quantized for info in infos):
-                packed = [(gguf_file.raw(part).to(device, copy=True), info.qtype, tuple(info.shape))
-                          for part, info in zip(parts, infos)]  # own copies of the bytes: the file can close
+                packed = [
+                    (gguf_file.raw(part).to(device, copy=True), info.qtype, tuple(info.shape))
+                    for part, info in zip(parts, infos, strict=True)
+                ]  # own copies of the bytes: the file can close
                 self.packed[name] = _stack_packed(packed)
             elif len(infos[0].shape) == 1:
-                self.dense[name] = gguf_file.tensor(name).to(device=device, dtype=torch.float32)  # norms stay float32
+                self.dense[name] = gguf_file.tensor(name).to(
+                    device=device, dtype=torch.float32
+                )  # norms stay float32
             else:
-                floats = [_decode(gguf_file, part, info.qtype, dtype).to(device) for part, info in zip(parts, infos)]
+                floats = [
+                    _decode(gguf_file, part, info.qtype, dtype).to(device)
+                    for part, info in zip(parts, infos, strict=True)
+                ]
                 self.dense[name] = matmul_layout(torch.cat(floats) if len(floats) > 1 else floats[0])
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor as floats: stored, or dequantized now from its packed bytes."""
         if name in self.dense:
             return self.dense[name]
-        floats = [dequantize_rows(raw, qtype, shape, self.dtype, name=name) for raw, qtype, shape in self.packed[name]]
+        floats = [
+            dequantize_rows(raw, qtype, shape, self.dtype, name=name)
+            for raw, qtype, shape in self.packed[name]
+        ]
         return torch.cat(floats) if len(floats) > 1 else floats[0]
 
     def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
@@ -153,7 +169,9 @@ class Weights:
 
     def row_bytes(self, name: str) -> int:
         """Bytes one row of a 2-D tensor occupies while resident."""
-        n_rows = self.dense[name].shape[0] if name in self.dense else sum(s[0] for _, _, s in self.packed[name])
+        n_rows = (
+            self.dense[name].shape[0] if name in self.dense else sum(s[0] for _, _, s in self.packed[name])
+        )
         return self.stored_bytes(name) // n_rows
 
     @property

@@ -26,9 +26,10 @@ import ctypes.util
 import mmap
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
     libc = ctypes.CDLL(name, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     return libc
@@ -97,7 +104,7 @@ def resident_fraction(path: str | os.PathLike[str]) -> float | None:
             vec = (ctypes.c_ubyte * n_pages)()
             if _LIBC.mincore(address, size_bytes, vec) != 0:
                 return None
-            resident_pages = int((np.frombuffer(vec, dtype=np.uint8) & 1).sum())
+            resident_pages = int((np.frombuffer(memoryview(vec), dtype=np.uint8) & 1).sum())
             return resident_pages / n_pages
         finally:
             _LIBC.munmap(address, size_bytes)
@@ -139,8 +146,7 @@ def device_read_bytes() -> int | None:
     return None
 
 
-def classify_eviction(size_bytes: int, resident_before: float | None,
-                      device_bytes: int | None) -> Eviction:
+def classify_eviction(size_bytes: int, resident_before: float | None, device_bytes: int | None) -> Eviction:
     """Decide whether a read of ``size_bytes`` was a true cold read.
 
     Pure: it takes the two pieces of evidence and nothing else, so it can be tested with
@@ -200,14 +206,14 @@ def read_file(path: str | os.PathLike[str], buffer: Any, *, fd: int | None = Non
     """
     view = memoryview(buffer)
     own = fd is None
-    fd = os.open(path, os.O_RDONLY) if own else fd
+    handle = os.open(path, os.O_RDONLY) if fd is None else fd
     total = 0
     try:
-        while n := os.preadv(fd, [view], total):
+        while n := os.preadv(handle, [view], total):
             total += n
     finally:
         if own:
-            os.close(fd)
+            os.close(handle)
     return total
 
 
@@ -228,8 +234,9 @@ def touch_pages(path: str | os.PathLike[str], copy_into: np.ndarray | None = Non
     return checksum
 
 
-def timed_cold_runs(path: str | os.PathLike[str], runs: int,
-                    reader: Callable[[], object]) -> tuple[list[float], list[Eviction]]:
+def timed_cold_runs(
+    path: str | os.PathLike[str], runs: int, reader: Callable[[], object]
+) -> tuple[list[float], list[Eviction]]:
     """Evict ``path``, check, and time ``reader()``; ``runs`` times.
 
     Returns:
@@ -250,8 +257,9 @@ def timed_cold_runs(path: str | os.PathLike[str], runs: int,
     return times, verdicts
 
 
-def timed_direct_runs(path: str | os.PathLike[str], block_bytes: int,
-                      runs: int) -> tuple[list[float], Eviction] | None:
+def timed_direct_runs(
+    path: str | os.PathLike[str], block_bytes: int, runs: int
+) -> tuple[list[float], Eviction] | None:
     """Time ``runs`` O_DIRECT reads of ``path`` in aligned ``block_bytes`` blocks.
 
     Returns:

@@ -19,8 +19,15 @@ import torch
 from labkit.errors import ModelError
 
 
-def kv_cache_size_bytes(*, n_layers: int, n_kv_heads: int, head_dim: int, context_length: int,
-                        batch: int = 1, bytes_per_element: int = 2) -> int:
+def kv_cache_size_bytes(
+    *,
+    n_layers: int,
+    n_kv_heads: int,
+    head_dim: int,
+    context_length: int,
+    batch: int = 1,
+    bytes_per_element: int = 2,
+) -> int:
     """Bytes a full KV cache takes (the formula in the module docstring).
 
     Args:
@@ -50,9 +57,18 @@ class KVCache:
         initial_capacity: positions allocated at first (the cache doubles when full).
     """
 
-    def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, max_length: int, batch: int = 1,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 initial_capacity: int = 256):
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_length: int,
+        batch: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        initial_capacity: int = 256,
+    ):
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.max_length, self.batch, self.dtype = max_length, batch, dtype
         self.device = torch.device(device)
@@ -66,8 +82,14 @@ class KVCache:
     def size_bytes(self) -> int:
         """Bytes of the filled positions (what the formula above gives for ``length``)."""
         element_bytes = torch.empty((), dtype=self.dtype).element_size()
-        return kv_cache_size_bytes(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
-                                   context_length=self.length, batch=self.batch, bytes_per_element=element_bytes)
+        return kv_cache_size_bytes(
+            n_layers=self.n_layers,
+            n_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            context_length=self.length,
+            batch=self.batch,
+            bytes_per_element=element_bytes,
+        )
 
     @property
     def allocated_bytes(self) -> int:
@@ -85,8 +107,10 @@ class KVCache:
         """
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_length:
-            raise ModelError(f"the KV cache is full: {end} positions asked for, the context length is "
-                             f"{self.max_length}; start a new cache or use a shorter text")
+            raise ModelError(
+                f"the KV cache is full: {end} positions asked for, the context length is "
+                f"{self.max_length}; start a new cache or use a shorter text"
+            )
         if end > self.capacity:
             self._grow(end)
         self.keys[layer][:, :, start:end] = k

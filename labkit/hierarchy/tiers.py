@@ -3,7 +3,7 @@
 Every number the lab shows about a tier of the disk → RAM → VRAM journey is a ``TierRecord``
 whose ``kind`` says where it comes from:
 
-- ``"measured"``: timed on this machine (``labkit.probe`` builds these with ``measured_record``);
+- ``"measured"``: timed on this machine (``labkit.hierarchy.probe`` builds these with ``measured_record``);
 - ``"quoted"``: from a source named in ``source`` (the article's speed table, the PCIe specs);
 - ``"modelled"``: computed from measured and quoted numbers, the formula in ``method``.
 
@@ -13,8 +13,9 @@ Units: GB/s = 10^9 bytes/s.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from labkit.errors import ProbeError
 
@@ -82,7 +83,7 @@ class ProbeReport:
         for record in self.records:
             if record.kind == "measured" and record.operation.startswith(("cold read", "O_DIRECT")):
                 return record
-        raise ProbeError("this report has no cold-read row; run labkit.probe.run() again")
+        raise ProbeError("this report has no cold-read row; run labkit.hierarchy.probe.run() again")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain data (``json.dumps``-ready)."""
@@ -92,8 +93,9 @@ class ProbeReport:
 # ---------------------------------------------------------------- records from numbers
 
 
-def measured_record(tier: str, operation: str, moved_bytes: int, times_s: list[float],
-                    method: str, note: str = "") -> TierRecord:
+def measured_record(
+    tier: str, operation: str, moved_bytes: int, times_s: list[float], method: str, note: str = ""
+) -> TierRecord:
     """Build a measured row from raw run times: the first run apart, the median of the rest.
 
     Args:
@@ -107,16 +109,35 @@ def measured_record(tier: str, operation: str, moved_bytes: int, times_s: list[f
     later = times_s[1:] or times_s
     elapsed_s = max(statistics.median(later), 1e-9)
     first = None if len(times_s) == 1 else moved_bytes / max(times_s[0], 1e-9) / 1e9
-    return TierRecord(tier, operation, moved_bytes, elapsed_s, moved_bytes / elapsed_s / 1e9,
-                      method, "measured", first_run_gb_per_s=first,
-                      repetitions=len(later), note=note)
+    return TierRecord(
+        tier,
+        operation,
+        moved_bytes,
+        elapsed_s,
+        moved_bytes / elapsed_s / 1e9,
+        method,
+        "measured",
+        first_run_gb_per_s=first,
+        repetitions=len(later),
+        note=note,
+    )
 
 
-def _quoted(tier: str, operation: str, gb_per_s: float, source: str,
-            gb_per_s_max: float | None = None, note: str = "") -> TierRecord:
-    return TierRecord(tier, operation, 10**9, 1 / gb_per_s, gb_per_s,
-                      "quoted: seconds to move 1 GB at this rate", "quoted", source=source,
-                      note=note, gb_per_s_max=gb_per_s_max)
+def _quoted(
+    tier: str, operation: str, gb_per_s: float, source: str, gb_per_s_max: float | None = None, note: str = ""
+) -> TierRecord:
+    return TierRecord(
+        tier,
+        operation,
+        10**9,
+        1 / gb_per_s,
+        gb_per_s,
+        "quoted: seconds to move 1 GB at this rate",
+        "quoted",
+        source=source,
+        note=note,
+        gb_per_s_max=gb_per_s_max,
+    )
 
 
 def quoted_records() -> list[TierRecord]:
@@ -126,10 +147,8 @@ def quoted_records() -> list[TierRecord]:
         _quoted("disk", "SSD (article)", 0.5, ARTICLE, 5.0, note="≈ 500 MB/s to 5 GB/s"),
         _quoted("RAM", "RAM (article)", 20.0, ARTICLE, 50.0, note="≈ 20–50 GB/s"),
         _quoted("VRAM", "VRAM bandwidth (article)", 500.0, ARTICLE, note="> 500 GB/s"),
-        _quoted("PCIe", "PCIe 4.0 x16, theoretical", PCIE4_X16_GB_PER_S, PCI_SIG,
-                note="per direction"),
-        _quoted("PCIe", "PCIe 5.0 x16, theoretical", PCIE5_X16_GB_PER_S, PCI_SIG,
-                note="per direction"),
+        _quoted("PCIe", "PCIe 4.0 x16, theoretical", PCIE4_X16_GB_PER_S, PCI_SIG, note="per direction"),
+        _quoted("PCIe", "PCIe 5.0 x16, theoretical", PCIE5_X16_GB_PER_S, PCI_SIG, note="per direction"),
     ]
 
 
@@ -138,8 +157,14 @@ def modelled_host_to_device(ram_copy: TierRecord) -> TierRecord:
     nor than a PCIe 4.0 x16 link."""
     gb_per_s = min(ram_copy.gb_per_s, PCIE4_X16_GB_PER_S)
     return TierRecord(
-        "PCIe", "RAM → VRAM hop (modelled)", 10**9, 1 / gb_per_s, gb_per_s,
+        "PCIe",
+        "RAM → VRAM hop (modelled)",
+        10**9,
+        1 / gb_per_s,
+        gb_per_s,
         f"modelled: min(measured RAM {ram_copy.operation} = {ram_copy.gb_per_s:.1f} GB/s, "
-        f"PCIe 4.0 x16 = {PCIE4_X16_GB_PER_S:.1f} GB/s)", "modelled",
+        f"PCIe 4.0 x16 = {PCIE4_X16_GB_PER_S:.1f} GB/s)",
+        "modelled",
         source=f"RAM copy measured here; PCIe: {PCI_SIG}",
-        note="no CUDA device here: nothing on this row was measured")
+        note="no CUDA device here: nothing on this row was measured",
+    )

@@ -1,0 +1,47 @@
+"""What every ``labkit`` subcommand shares: size and count parsing, and the "measured" label."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+MEASURED = "measured on this machine"  # the "timing" field beside every elapsed_s in --json output
+
+_SIZE_UNITS = {
+    "": 1,
+    "K": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GIB": 1 << 30,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size like ``256M``, ``1GiB``, ``500MB`` or ``4096`` into bytes.
+
+    K/M/G and KiB/MiB/GiB are powers of 2 (as in ``dd``); KB/MB/GB are powers of 10.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else "?"
+    if match is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 256M, 1G, 64MiB, 500MB or 4096")
+    size_bytes = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size_bytes <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return size_bytes
+
+
+def positive_int(text: str) -> int:
+    """Parse a count such as ``--threads 4`` or ``-n 32``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number; write e.g. 1, 4 or 32")
+    return value

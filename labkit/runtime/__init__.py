@@ -1,0 +1,42 @@
+"""A small llama runtime on labkit's own GGUF stack (chapter 5).
+
+Modules, in reading order:
+
+- ``tokenizer``  text <-> token ids from a GGUF file's metadata
+- ``weights``    how a loaded model holds its weights: dense floats or quantized bytes
+- ``kvcache``    the KV cache a model keeps between tokens
+- ``transfers``  every byte a forward pass moves, hop by hop
+- ``model``      ``load()`` -> ``Model``: forward, generate, perplexity
+- ``timing``     decode speed (measured) beside the bytes each token reads (counted)
+
+Example:
+    >>> from labkit import runtime
+    >>> m = runtime.load(path)
+    >>> m.generate("The GPU reads", max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+from labkit.runtime.kvcache import KVCache, kv_cache_size_bytes
+from labkit.runtime.model import LlamaConfig, Model, PerplexityResult, lab_text, load
+from labkit.runtime.timing import DecodeTiming, time_decode
+from labkit.runtime.tokenizer import Tokenizer
+from labkit.runtime.transfers import HOPS, Transfer, TransferLog, bytes_by_hop, bytes_per_step
+
+__all__ = [
+    "HOPS",
+    "DecodeTiming",
+    "KVCache",
+    "LlamaConfig",
+    "Model",
+    "PerplexityResult",
+    "Tokenizer",
+    "Transfer",
+    "TransferLog",
+    "bytes_by_hop",
+    "bytes_per_step",
+    "kv_cache_size_bytes",
+    "lab_text",
+    "load",
+    "time_decode",
+]
