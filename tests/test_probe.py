@@ -308,7 +308,7 @@ def test_bad_input_fails_before_any_work(tmp_path: Path, kwargs: dict, message: 
 
 def test_size_that_does_not_fit_ram_is_refused() -> None:
     with pytest.raises(ProbeError, match="RAM"):
-        probe.check_fits(10 * 2**30, free_disk_bytes=10**12, free_ram_bytes=8 * 2**30)
+        probe.check_fits(3 * 2**30, free_disk_bytes=10**12, free_ram_bytes=8 * 2**30)
     probe.check_fits(2**30, free_disk_bytes=10**12, free_ram_bytes=8 * 2**30)
 
 

@@ -2,6 +2,7 @@
 
 Modules, in reading order:
 
+- ``memory``     how much RAM this process may really use: the container's cgroup limit, not the host's
 - ``pagecache``  which pages of a file sit in RAM; evicting them, and checking that it worked
 - ``tiers``      the rows of the speed table: measured, quoted or modelled, each with its source
 - ``probe``      measures this machine's tiers and returns a ``ProbeReport``

@@ -10,9 +10,9 @@ Honesty rules every number here follows:
 - A cold read counts as a *disk* read only when the eviction was checked (``labkit.hierarchy.pagecache``:
   ``mincore`` residency, ``/proc/self/io``), or when ``O_DIRECT`` bypassed the cache. Otherwise
   the row says "page cache (not evicted)".
-- The first run of every measurement is reported apart (``first_run_gb_per_s``): a VM that hands
-  idle memory back to its host makes the first touch of a buffer up to 10x slower. The headline
-  is the median of the runs after it.
+- The first run of every measurement is reported apart (``first_run_gb_per_s``): the first touch
+  of a buffer pays a page fault per page and the kernel zeroing that page (a VM that hands idle
+  memory back to its host adds more). The headline is the median of the runs after it.
 - ``kind`` says where a number comes from: ``"measured"`` here, ``"quoted"`` from a source, or
   ``"modelled"`` from measured and quoted numbers (the formula is in ``method``).
 
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from labkit.errors import ProbeError
-from labkit.hierarchy import pagecache
+from labkit.hierarchy import memory, pagecache
 from labkit.hierarchy.tiers import (
     TIERS,
     ProbeReport,
@@ -51,6 +51,7 @@ MiB = 1 << 20
 DEFAULT_SIZE_BYTES = 256 * MiB
 DEFAULT_BLOCK_BYTES = 1 * MiB
 _RAM_SAFETY = 0.8  # use at most this share of available RAM
+PEAK_BUFFERS = 3  # buffers of size_bytes alive at once: copy source and destination, and the mapped file
 _DISK_SAFETY = 0.9  # and of free disk space
 
 
@@ -58,30 +59,31 @@ _DISK_SAFETY = 0.9  # and of free disk space
 
 
 def available_ram_bytes() -> int:
-    """Return the RAM the kernel says a new allocation can get (``MemAvailable``)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Return the bytes a new allocation can get: the smaller of the host's ``MemAvailable`` and
+    the container's cgroup headroom (``labkit.hierarchy.memory``)."""
+    return memory.available_bytes()
+
+
+def max_size_bytes(cap_bytes: int = 1024 * MiB) -> int:
+    """Return the largest ``size_bytes`` whose probe fits the memory this process has now
+    (``PEAK_BUFFERS`` buffers within the safety margin), at most ``cap_bytes``."""
+    return memory.safe_size_bytes(_RAM_SAFETY / PEAK_BUFFERS, cap_bytes)
 
 
 def check_fits(size_bytes: int, free_disk_bytes: int, free_ram_bytes: int) -> None:
-    """Raise ``ProbeError`` unless a probe of ``size_bytes`` fits: one file on disk, two
-    buffers (copy source and destination) in RAM, each within a safety margin."""
+    """Raise ``ProbeError`` unless a probe of ``size_bytes`` fits: one file on disk and, at the
+    peak, ``PEAK_BUFFERS`` buffers of that size in RAM, each within a safety margin."""
     if size_bytes > free_disk_bytes * _DISK_SAFETY:
         raise ProbeError(
             f"size_bytes={size_bytes:,} does not fit the temp folder's free space "
             f"({free_disk_bytes:,} bytes free, at most {_DISK_SAFETY:.0%} used); "
             "pass a smaller size or tmp_dir= a folder on a bigger disk"
         )
-    if 2 * size_bytes > free_ram_bytes * _RAM_SAFETY:
+    if PEAK_BUFFERS * size_bytes > free_ram_bytes * _RAM_SAFETY:
         raise ProbeError(
-            f"size_bytes={size_bytes:,} needs {2 * size_bytes:,} bytes of RAM for the copy "
-            f"buffers but only {free_ram_bytes:,} are available; pass a smaller size"
+            f"size_bytes={size_bytes:,} needs {PEAK_BUFFERS * size_bytes:,} bytes of RAM at its peak "
+            f"(copy source, destination and the mapped file) but only {free_ram_bytes:,} are available "
+            f"to this process; pass at most {int(free_ram_bytes * _RAM_SAFETY / PEAK_BUFFERS):,}"
         )
 
 
@@ -230,7 +232,7 @@ def measure_ram(size_bytes: int, repeats: int, path: Path | None = None) -> list
             size_bytes,
             [first],
             "fill_ of a new tensor (page faults + zeroing); one run",
-            "VMs that return idle memory to the host make this slow",
+            "each new page costs a page fault and the kernel zeroing it before fill_ writes it",
         )
     ]
     if path is not None:
@@ -442,7 +444,7 @@ def _assemble(measured: list[TierRecord], size_bytes: int, block_bytes: int, use
     notes = [
         "GB/s = 10^9 bytes per second; moved_bytes counts each byte copied (or, for sum(), read) once.",
         "Headline = median of the runs after the first; the first (warm-up) run is "
-        "reported apart because fresh memory on a VM can be 10x slower to touch.",
+        "reported apart: fresh memory pays a page fault and zeroing per page on first touch.",
         "'cold' means: not in this OS's page cache (a VM host may still cache the file).",
     ]
     if use_cuda:
