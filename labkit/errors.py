@@ -58,3 +58,7 @@ class DeviceUnavailableError(LabkitError, RuntimeError):
 
 class StagingError(LabkitError, ValueError):
     """Staged loading cannot run as asked: a bad option, an I/O mode this system refuses, a file that changed."""
+
+
+class SolutionMarkerError(LabkitError, ValueError):
+    """An exercise's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers are unclosed, nested or misspelt."""
