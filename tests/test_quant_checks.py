@@ -18,13 +18,15 @@ from labkit.modelfiles import synthetic_llama
 from labkit.quant import tradeoff
 
 
-def _q8_0_block(block: torch.Tensor, *, rounding: str = "away", swap: bool = False) -> bytes:
+def _q8_0_block(
+    block: torch.Tensor, *, rounding: str = "away", swap: bool = False, divide: bool = False
+) -> bytes:
     """A Q8_0 block written by hand, right (rounding='away') or with a classic mistake."""
     d = np.float32(float(block.abs().max())) / np.float32(127)
     inverse = np.float32(1) / d if d else np.float32(0)
     qs = []
     for v in block.tolist():
-        y = float(np.float32(v) * inverse)
+        y = float(np.float32(v) / d if divide and d else np.float32(v) * inverse)
         if rounding == "away":
             qs.append(int(math.copysign(math.floor(abs(y) + 0.5), y)))
         elif rounding == "even":
@@ -46,6 +48,7 @@ def test_a_right_solution_passes():
         ({"rounding": "even"}, r"ties \*away from zero\*"),
         ({"rounding": "trunc"}, r"looks truncated"),
         ({"swap": True}, r"little-endian"),
+        ({"divide": True}, r"multiplies by the inverse"),
     ],
 )
 def test_mistakes_are_explained(mistake, message):
