@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from labkit.cli import gguf, hierarchy, loading, quant, runtime
+from labkit.cli import classroom, gguf, hierarchy, loading, quant, runtime
 from labkit.errors import LabkitError
 
 # Each entry: name -> function(subparsers) that adds the subcommand and sets ``func``.
@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "load": loading.add_load,
     "generate": runtime.add_generate,
     "perplexity": runtime.add_perplexity,
+    "student-copies": classroom.add_student_copies,
 }
 
 
