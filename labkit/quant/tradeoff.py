@@ -1,6 +1,8 @@
 """What a quantization type saves and what it costs, measured on a real model (chapter 2).
 
 - ``model_sample``    float32 rows sampled from the weight matrices of an open GGUF file
+- ``float_stand_in``  a float tensor in place of the original a quantized file no longer holds
+- ``file_type_size``  bytes of a whole model in a llama.cpp file type (Q4_K_M ...), from the block table
 - ``as_rows``         regroup weights into whole blocks of a type
 - ``sweep``           size against error for every type: ``TypePoint`` records
 - ``time_load_path``  reading a model file against dequantizing it: ``LoadPathTimes``
@@ -23,9 +25,11 @@ import gguf
 import numpy as np
 import torch
 
+from labkit.errors import ProbeError, QuantizationError
 from labkit.formats import FORMATS
 from labkit.hierarchy import probe
 from labkit.quant import QUANT_TYPES, QuantErrorStats, dequantize, model_error_metrics, quantize
+from labkit.quant.mixtures import plan_types
 
 READ_BLOCK_BYTES = 16 << 20  # read() size of the load-path reads
 
@@ -41,6 +45,150 @@ def model_sample(f: Any, *, every_nth_row: int = 16) -> dict[str, torch.Tensor]:
         if len(info.shape) == 2:
             sample[name] = f.tensor(name)[::every_nth_row].contiguous()
     return sample
+
+
+# Block types whose bytes start with the fp16 step d between two neighbouring levels.
+STEP_FIRST_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+def float_stand_in(
+    f: Any, name: str, *, every_nth_row: int = 1, max_rows: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, str]:
+    """A float32 stand-in for the weights tensor ``name`` held before it was quantized.
+
+    A quantized file keeps only each weight's grid value; rounding to the nearest level means the
+    original lay within half a step of it: ``|x - decoded| <= d/2``, with ``d`` the block's step
+    (stored first in each block of the types in ``STEP_FIRST_TYPES``; fp16 rounding of ``d`` and
+    ``m`` aside). This picks one such original: every decoded weight moved by an independent uniform
+    amount in ``[-d/2, d/2)``. It keeps the real tensor's rows, block scales and outliers, and is on
+    no grid, so requantizing it measures a type's error honestly (the decoded grid itself would give
+    its own type zero error). Float tensors are returned as they are.
+
+    Args:
+        f: an open ``labkit.gguf`` file.
+        name: a tensor of a type in ``STEP_FIRST_TYPES`` or ``FLOAT_TYPES``.
+        every_nth_row, max_rows: which rows to return (``[::every_nth_row][:max_rows]``).
+        seed: seeds the uniform offsets.
+
+    Returns:
+        ``(weights, how)``: float32 ``(rows, n_per_row)`` and a sentence saying what they are.
+
+    Raises:
+        QuantizationError: the tensor's type stores no single step per block (the K-quants).
+    """
+    info = f.tensors[name]
+    decoded = f.tensor(name)
+    decoded = decoded[None] if decoded.dim() == 1 else decoded.reshape(-1, decoded.shape[-1])
+    picked = torch.arange(decoded.shape[0])[::every_nth_row][:max_rows]
+    if info.qtype in FLOAT_TYPES:
+        return decoded[picked].contiguous(), f"the file's own {info.qtype} weights"
+    if info.qtype not in STEP_FIRST_TYPES:
+        raise QuantizationError(
+            f"tensor {name!r} is {info.qtype}, which stores no single step per block; "
+            f"pick a tensor of type {', '.join(STEP_FIRST_TYPES + FLOAT_TYPES)}"
+        )
+    fmt = FORMATS[info.qtype]
+    n_blocks = decoded.shape[-1] // fmt.block_size
+    blocks = f.raw(name).reshape(decoded.shape[0], n_blocks, fmt.type_size)[picked]  # (rows, blocks, bytes)
+    step = blocks[..., :2].contiguous().view(torch.float16).float().abs()  # (rows, blocks, 1)
+    g = torch.Generator().manual_seed(seed)
+    offsets = (torch.rand(len(picked), n_blocks, fmt.block_size, generator=g) - 0.5) * step
+    weights = decoded[picked] + offsets.reshape(len(picked), -1)  # (rows, n_per_row)
+    how = (
+        f"a stand-in for the float original: the file's {info.qtype} weights, each moved by a uniform "
+        "random amount within its own quantization step (the original lay within ±d/2 of it)"
+    )
+    return weights, how
+
+
+def model_float_sample(f: Any, *, every_nth_row: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Like ``model_sample``, but each tensor is its ``float_stand_in`` (K-quant tensors are skipped)."""
+    sample = {}
+    for name, info in f.tensors.items():
+        if len(info.shape) == 2 and info.qtype in STEP_FIRST_TYPES + FLOAT_TYPES:
+            sample[name] = float_stand_in(f, name, every_nth_row=every_nth_row, seed=seed)[0]
+    return sample
+
+
+@dataclass(frozen=True)
+class ShapeOnly:
+    """A tensor's name, torch-order shape and type, without its data (enough to size a file)."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: str
+
+
+# Llama-2-7B's shapes (Touvron et al. 2023, arXiv:2307.09288; its config.json): about 6.7e9 weights.
+LLAMA_2_7B = {"n_layer": 32, "dim": 4096, "ffn_dim": 11008, "vocab": 32000, "n_head": 32, "n_head_kv": 32}
+
+
+def llama_shapes(
+    n_layer: int, dim: int, ffn_dim: int, vocab: int, n_head: int, n_head_kv: int
+) -> tuple[list[ShapeOnly], dict[str, Any]]:
+    """The tensors (as F16) and metadata of a llama model of these hyperparameters, without data."""
+    kv_dim = dim // n_head * n_head_kv
+    tensors = [
+        ShapeOnly("token_embd.weight", (vocab, dim), "F16"),
+        ShapeOnly("output_norm.weight", (dim,), "F32"),
+        ShapeOnly("output.weight", (vocab, dim), "F16"),
+    ]
+    per_layer = {
+        "attn_norm": (dim,),
+        "attn_q": (dim, dim),
+        "attn_k": (kv_dim, dim),
+        "attn_v": (kv_dim, dim),
+        "attn_output": (dim, dim),
+        "ffn_norm": (dim,),
+        "ffn_gate": (ffn_dim, dim),
+        "ffn_up": (ffn_dim, dim),
+        "ffn_down": (dim, ffn_dim),
+    }
+    for i in range(n_layer):
+        for part, shape in per_layer.items():
+            tensors.append(ShapeOnly(f"blk.{i}.{part}.weight", shape, "F32" if len(shape) == 1 else "F16"))
+    metadata = {
+        "general.architecture": "llama",
+        "llama.block_count": n_layer,
+        "llama.attention.head_count": n_head,
+        "llama.attention.head_count_kv": n_head_kv,
+    }
+    return tensors, metadata
+
+
+@dataclass(frozen=True)
+class FileTypeSize:
+    """Bytes of a whole model's tensors in one llama.cpp file type, computed from the block table."""
+
+    type_name: str
+    n_weights: int
+    size_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.size_bytes / self.n_weights
+
+
+def file_type_size(
+    tensors: Mapping[str, Any] | Iterable[Any], metadata: Mapping[str, Any], type_name: str
+) -> FileTypeSize:
+    """Size a model's tensor data in a llama.cpp file type (``"Q4_K_M"``, ``"Q4_0"``, ``"F16"``, ...).
+
+    Each tensor gets the type llama.cpp's quantizer would give it (``labkit.quant.mixtures.plan_types``:
+    Q4_K_M keeps some tensors in Q6_K, norms in F32, ...), and is sized from the block table:
+    ``weights / block_size * type_size``. Metadata (the tokenizer, a few MB) is not counted.
+
+    Returns:
+        A ``FileTypeSize``.
+    """
+    n_weights = size_bytes = 0
+    for plan in plan_types(tensors, metadata, type_name):
+        fmt = FORMATS[plan.dst_qtype]
+        n = int(np.prod(plan.shape))
+        n_weights += n
+        size_bytes += n // fmt.block_size * fmt.type_size
+    return FileTypeSize(type_name, n_weights, size_bytes)
 
 
 def as_rows(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -137,9 +285,11 @@ def _dequantize_all_gguf_py(f: Any) -> None:
 def time_load_path(f: Any, *, with_gguf_py: bool = True) -> LoadPathTimes:
     """Measure the steps of a Python load path on an open ``labkit.gguf`` file, one run each.
 
-    The device read is the first row of ``labkit.hierarchy.probe.measure_cold_read``: a ``read()`` after
-    the file was evicted from the page cache and checked, else ``O_DIRECT``, else not a device
-    number (then ``read_device_s`` is None). The warm read is ``labkit.hierarchy.probe.measure_warm_read``.
+    The device read is the first row of ``labkit.hierarchy.probe.measure_cold_read``: an ``O_DIRECT``
+    ``read()`` that bypasses the page cache (``f`` maps the file, and the kernel does not evict pages
+    a process has mapped, so ``posix_fadvise`` cannot empty the cache here); where ``O_DIRECT`` is
+    refused, a ``read()`` after a verified eviction, else not a device number (then ``read_device_s``
+    is None). The warm read is ``labkit.hierarchy.probe.measure_warm_read``.
 
     Args:
         f: the open file.
@@ -149,7 +299,10 @@ def time_load_path(f: Any, *, with_gguf_py: bool = True) -> LoadPathTimes:
         A ``LoadPathTimes``.
     """
     path = Path(f.path)
-    cold = probe.measure_cold_read(path, READ_BLOCK_BYTES, repeats=0)[0]
+    try:  # f maps the file, and the kernel keeps mapped pages cached whatever fadvise asks: bypass it
+        cold = probe.measure_cold_read(path, READ_BLOCK_BYTES, repeats=0, method="direct")[0]
+    except ProbeError:  # no O_DIRECT here (e.g. tmpfs): fadvise, verified, or an honest "not evicted"
+        cold = probe.measure_cold_read(path, READ_BLOCK_BYTES, repeats=0)[0]
     warm = probe.measure_warm_read(path, READ_BLOCK_BYTES, repeats=0)
     dequantize_s = probe.time_runs(lambda: _dequantize_all(f), runs=1)[0]
     gguf_py_s = probe.time_runs(lambda: _dequantize_all_gguf_py(f), runs=1)[0] if with_gguf_py else None
