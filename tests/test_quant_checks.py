@@ -129,3 +129,46 @@ def test_explorer_controls_name_what_is_shown(small_model, monkeypatch):
     explorer.tensor_picker.value = "blk.0.ffn_up.weight"  # what a user's pick does
     assert redraws[1:] == [("blk.0.ffn_up.weight", "Q6_K")]
     assert explorer.figure.layout.title.text.startswith("blk.0.ffn_up.weight as Q6_K")
+
+
+def test_float_stand_in_lies_within_half_a_step_of_the_file(small_model):
+    name = "blk.0.ffn_up.weight"  # Q8_0: the step d is each block's first two bytes
+    x, how = tradeoff.float_stand_in(small_model, name, every_nth_row=2, max_rows=8)
+    n_rows, n_per_row = small_model.tensors[name].shape
+    decoded = small_model.tensor(name)[::2][:8]
+    blocks = small_model.raw(name).reshape(n_rows, n_per_row // 32, 34)[::2][:8]  # (rows, blocks, bytes)
+    step = blocks[..., :2].contiguous().view(torch.float16).float().abs()  # (rows, blocks, 1)
+    half_step = (step / 2).expand(-1, -1, 32).reshape(8, n_per_row)
+    assert x.shape == decoded.shape and not torch.equal(x, decoded)
+    assert bool(((x - decoded).abs() <= half_step + 1e-7).all())
+    assert "within its own quantization step" in how
+    again, _ = tradeoff.float_stand_in(small_model, name, every_nth_row=2, max_rows=8)
+    assert torch.equal(x, again)  # seeded
+
+
+def test_float_stand_in_refuses_k_quants(tmp_path):
+    path = synthetic_llama(tmp_path / "k.gguf", qtype="Q4_K", n_layers=1, dim=256)
+    with lg.open(path) as f:
+        name = next(n for n, t in f.tensors.items() if t.qtype == "Q4_K")
+        with pytest.raises(lq.QuantizationError, match="no single step per block"):
+            tradeoff.float_stand_in(f, name)
+
+
+def test_file_type_size_matches_llama_cpp_on_llama_2_7b():
+    tensors, metadata = tradeoff.llama_shapes(**tradeoff.LLAMA_2_7B)
+    f16 = tradeoff.file_type_size(tensors, metadata, "F16")
+    q4_0 = tradeoff.file_type_size(tensors, metadata, "Q4_0")
+    q4_k_m = tradeoff.file_type_size(tensors, metadata, "Q4_K_M")
+    assert f16.n_weights == 6_738_415_616  # Llama-2-7B's parameter count
+    # llama.cpp's Q4_K_M of Llama-2-7B is a 4.08 GB file (3.80 GiB); Q4_0 keeps output.weight in Q6_K
+    assert q4_k_m.size_bytes == 4_080_263_168 and 4.8 < q4_k_m.bits_per_weight < 4.9
+    assert 4.5 < q4_0.bits_per_weight < 4.55 and f16.bits_per_weight == pytest.approx(16, abs=0.01)
+
+
+def test_explorer_measures_against_a_float_original(small_model):
+    widgets = pytest.importorskip("labkit.widgets.quant")
+    explorer = widgets.error_explorer(small_model)
+    numbers = explorer.show("Q8_0", "blk.0.attn_q.weight")  # the file's own type: no longer zero error
+    assert "inf" not in numbers and "stand-in for the float original" in numbers
+    view = explorer.static()._repr_html_()
+    assert view.startswith("<details>") and "blk.0.attn_q.weight as Q8_0" in view and "plotly" in view

@@ -8,6 +8,11 @@ Choosing a type or a tensor calls ``show``: it quantizes (a row sample of) the
 tensor to the type, decodes it again, and redraws the histogram of the error
 and the numbers of ``labkit.quant.error_metrics`` -- all measured on the spot.
 ``show`` also sets the two dropdowns, so they always name what is drawn.
+
+The error is measured against a *float* original, not against the file's already-quantized
+weights (those would give the file's own type zero error and flatter the types whose grids line
+up with it): ``labkit.quant.tradeoff.float_stand_in`` moves each decoded weight by a random amount
+within its own quantization step, where the true original lay.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import plotly.graph_objects as go
 from labkit.figures.quant import error_histogram, stats_table
 from labkit.formats import FORMATS
 from labkit.quant import QUANT_TYPES, dequantize, error_metrics, quantize
-from labkit.quant.tradeoff import as_rows
+from labkit.quant.tradeoff import FLOAT_TYPES, STEP_FIRST_TYPES, as_rows, float_stand_in
+from labkit.widgets.static import StaticView
 
 MAX_ROWS = 256  # rows of a tensor quantized per redraw, so a K-quant redraw stays well under a second
 
@@ -72,10 +78,15 @@ class ErrorExplorer:
         self.numbers.value = stats_table(
             stats,
             note=f"measured on {rows} rows of {FORMATS[qtype].block_size}-weight blocks; the original is "
-            f"the file's {self.file.tensors[name].qtype} weights decoded to float32",
+            f"{float_stand_in(self.file, name, max_rows=1)[1]}",
         )
         self._set_pickers(qtype, name)
         return self.numbers.value
+
+    def static(self) -> StaticView:
+        """What the explorer shows now, as static HTML (see ``labkit.widgets.static``)."""
+        caption = f"{self.tensor_picker.value} as {self.type_picker.value}"
+        return StaticView(caption, self.numbers.value, (go.Figure(self.figure),))
 
     def _set_pickers(self, qtype: str, name: str) -> None:
         self._setting_pickers = True
@@ -92,14 +103,16 @@ class ErrorExplorer:
 def _pair(f: Any, name: str, qtype: str):
     """(original, restored): up to MAX_ROWS rows of the tensor, regrouped into whole blocks of qtype."""
     fmt = FORMATS[qtype]
-    weights = f.tensor(name)
-    if weights.dim() == 1:
-        weights = weights[None]
-    rows = as_rows(weights[:MAX_ROWS], fmt.block_size if fmt.block_size > 1 else weights.shape[-1])
+    weights, _ = float_stand_in(f, name, max_rows=MAX_ROWS)
+    rows = as_rows(weights, fmt.block_size if fmt.block_size > 1 else weights.shape[-1])
     return rows, dequantize(quantize(rows, qtype), qtype, rows.shape)
 
 
 def error_explorer(f: Any, tensor_names: list[str] | None = None) -> ErrorExplorer:
-    """Build the explorer over ``f``'s 2-D weights (or the names given)."""
-    names = tensor_names or [n for n, info in f.tensors.items() if len(info.shape) == 2]
+    """Build the explorer over ``f``'s 2-D weights (or the names given) whose float original
+    ``float_stand_in`` can stand in for."""
+    usable = STEP_FIRST_TYPES + FLOAT_TYPES
+    names = tensor_names or [
+        n for n, info in f.tensors.items() if len(info.shape) == 2 and info.qtype in usable
+    ]
     return ErrorExplorer(f, names)
