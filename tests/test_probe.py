@@ -422,7 +422,7 @@ def test_report_without_cold_row_raises() -> None:
 
 def test_tier_figure_keeps_kinds_apart(report: probe.ProbeReport) -> None:
     pytest.importorskip("plotly")
-    from labkit.figures.hierarchy import load_times, tier_figure
+    from labkit.figures.hierarchy import tier_figure
 
     fig = tier_figure(report)
     assert fig.layout.xaxis.type == "log"
@@ -430,22 +430,69 @@ def test_tier_figure_keeps_kinds_apart(report: probe.ProbeReport) -> None:
     for trace, kind in zip(fig.data, tiers.KINDS, strict=False):
         assert len(trace.y) == len(report.of_kind(kind))
         assert all(kind in text for text in trace.text)
+
+
+def test_load_times_are_modelled_and_only_load_paths(report: probe.ProbeReport) -> None:
+    pytest.importorskip("plotly")
+    from labkit.figures.hierarchy import is_load_path, load_time_figure, load_time_table_html, load_times
+
     rows = load_times(report, {"m": 10**9})
     assert all(row.seconds == pytest.approx(1 / row.record.gb_per_s) for row in rows)
+    operations = {row.record.operation for row in rows}
+    assert "cold read()" in operations or "O_DIRECT read()" in operations
+    assert any(op.startswith("RAM → VRAM hop") for op in operations)
+    for not_a_load in ("mmap + touch every page", "write + fsync (new file)", "VRAM bandwidth (article)"):
+        assert not_a_load not in operations
+    assert not any(op.startswith(("copy_", "sum()", "first touch")) for op in operations)
+    assert all(is_load_path(row.record) for row in rows)
+    table = load_time_table_html(report, {"a": 10**10, "b": 10**9})
+    assert "<b>modelled</b>" in table and "(measured here)" in table and "(quoted)" in table
+    fig = load_time_figure(report, {"a": 10**10, "b": 10**9})
+    assert [trace.name for trace in fig.data] == ["a", "b"] and "MODELLED" in fig.layout.title.text
+
+
+def test_modelled_host_to_device_says_upper_bound(report: probe.ProbeReport) -> None:
+    row = next(r for r in report if r.kind == "modelled")
+    assert "upper bound" in row.operation and "upper bound" in row.note
+
+
+def test_copy_sweep_measures_each_size() -> None:
+    from labkit.hierarchy import caches
+
+    rates = caches.copy_sweep((16 * 1024, 1 * MiB), repeats=1)
+    assert [rate.size_bytes for rate in rates] == [16 * 1024, MiB]
+    assert rates[0].record.moved_bytes == caches.MIN_BYTES_PER_RUN  # 4096 copies of 16 KiB per run
+    assert all(rate.record.kind == "measured" and rate.record.gb_per_s > 0 for rate in rates)
+    with pytest.raises(ProbeError, match="below one page"):
+        caches.copy_rate(100)
 
 
 def test_widgets_handlers_run_headless(report: probe.ProbeReport, tmp_path: Path) -> None:
     pytest.importorskip("ipywidgets")
-    from labkit.widgets.hierarchy import LoadTimeCalculator, ProbePanel, QuotedSpeedDemo
+    from labkit.widgets.hierarchy import CopySweepDemo, ProbePanel
 
     panel = ProbePanel(report, repeats=1, tmp_dir=str(tmp_path))
     panel.block.value = 4 * MiB  # fires the handler, as a student's slider move would
     assert panel.report.block_bytes == 4 * MiB and "measured" in panel.status.value
     assert list(tmp_path.iterdir()) == []
-    calculator = LoadTimeCalculator(report, {"a": 10**10, "b": 10**9})
-    calculator.model.value = "b"
-    assert "1 GB" in calculator.figure.layout.title.text and "quoted" in calculator.table.value
-    assert all(row.record.kind == "quoted" for row in QuotedSpeedDemo().update())
+    assert max(value for _, value in panel.size.options) <= probe.max_size_bytes()
+    assert "<table>" in panel.static()._repr_html_()
+    demo = CopySweepDemo(rates=[])
+    demo.size.value = 64 * 1024  # fires the handler
+    assert "64 KiB" in demo.status.value and "measured" in demo.status.value
+    assert len(demo.figure.data) == 2 and "64 KiB" in demo.static()._repr_html_()
+
+
+def test_panel_offers_only_sizes_that_fit(report: probe.ProbeReport, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ipywidgets")
+    from labkit.hierarchy import memory
+    from labkit.widgets.hierarchy import ProbePanel
+
+    small = memory.MemoryBudget(400 * MiB, "cgroup v2", 20 * 2**30, 24 * 2**30, "fake", None, "fake")
+    monkeypatch.setattr(memory, "read_memory", lambda root="/": small)
+    panel = ProbePanel(report)
+    offered = [value for _, value in panel.size.options]
+    assert max(offered) <= 400 * MiB * 0.8 / probe.PEAK_BUFFERS and 256 * MiB not in offered
 
 
 def test_cuda_without_a_cuda_device_fails_before_any_work(

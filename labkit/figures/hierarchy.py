@@ -1,17 +1,25 @@
-"""Figures for chapter 1 (the memory hierarchy): tier speeds and model load times.
+"""Figures for chapter 1 (the memory hierarchy): tier speeds, model load times, copy speed by size.
 
-Both figures draw from a ``labkit.hierarchy.tiers.ProbeReport`` and keep measured numbers visibly apart
+The figures draw from a ``labkit.hierarchy.tiers.ProbeReport`` and keep measured numbers visibly apart
 from quoted and modelled ones: each kind has its own colour, bar pattern, legend entry, and
 the word "measured", "quoted" or "modelled" on the bar label and in the hover text.
+
+A load *time* is never measured here: it is modelled, ``seconds = bytes / rate``, from a rate that
+was measured (or quoted, or itself modelled). Only rows that are ways to load a model enter the
+load-time table (``is_load_path``): reading the file cold or from the page cache, copying a mapped
+file into RAM, and the RAM → VRAM hop. Touching a mapped page copies nothing, writing is not
+loading, and VRAM bandwidth is what compute reads, not how weights arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import html
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from labkit.hierarchy.caches import CopyRate
 from labkit.hierarchy.tiers import KINDS, TIERS, ProbeReport, TierRecord
 
 # kind -> (colour, bar pattern, legend label)
@@ -21,8 +29,32 @@ KIND_STYLE = {
     "modelled": ("#ff7f0e", "x", "modelled (formula in hover)"),
 }
 
-# The article's worked example (SEED.md claim 4): 10 GB unquantized vs about 2.5 GB as Q4.
-ARTICLE_MODELS = {"article: 10 GB fp16": 10 * 10**9, "article: 2.5 GB Q4": 25 * 10**8}
+# The article's worked example (SEED.md claim 4): 10 GB unquantized vs about 2.5 GB as Q4 (its round number).
+ARTICLE_MODELS = {"article: 10 GB fp16": 10 * 10**9, "article: 2.5 GB Q4 (quoted)": 25 * 10**8}
+
+# Operations that move a model's bytes one hop towards the compute (prefix match).
+LOAD_PATH_OPERATIONS = (
+    "cold read()",
+    "O_DIRECT read()",
+    "warm read()",
+    "mmap + copy into RAM",
+    "HDD (article)",
+    "SSD (article)",
+    "host→device",
+    "PCIe 4.0 x16",
+    "PCIe 5.0 x16",
+    "RAM → VRAM hop",
+)
+
+
+def is_load_path(record: TierRecord) -> bool:
+    """True for rows that are a way to move a model's bytes one hop: reads, mapped copies, RAM → VRAM."""
+    return record.operation.startswith(LOAD_PATH_OPERATIONS)
+
+
+def time_kind(record: TierRecord) -> str:
+    """How a load time from this rate was obtained: always modelled, from a rate of some kind."""
+    return f"modelled: bytes ÷ a rate {'measured here' if record.kind == 'measured' else record.kind}"
 
 
 @dataclass(frozen=True)
@@ -135,49 +167,120 @@ def tier_figure(report: ProbeReport, *, title: str | None = None) -> go.Figure:
 
 
 def load_times(report: ProbeReport, models: Mapping[str, int]) -> list[LoadTime]:
-    """Return the seconds each model takes to pass through each tier of ``report``.
+    """Return the seconds each model takes to pass each load-path hop of ``report`` (modelled).
 
     Args:
         models: display name -> size in bytes.
 
     Returns:
-        One ``LoadTime`` per (model, record), in the report's tier order.
+        One ``LoadTime`` per (model, load-path record), in the report's tier order.
     """
     rows = []
     for model, size_bytes in models.items():
-        for record in _ordered(list(report)):
+        for record in _ordered([r for r in report if is_load_path(r)]):
             best = None if record.gb_per_s_max is None else size_bytes / (record.gb_per_s_max * 1e9)
             seconds = size_bytes / (record.gb_per_s * 1e9)
             rows.append(LoadTime(model, size_bytes, record, seconds, best))
     return rows
 
 
-def load_time_figure(report: ProbeReport, model: str, size_bytes: int) -> go.Figure:
-    """Bar chart (log scale) of the seconds to move ``size_bytes`` through each tier.
+def load_time_figure(report: ProbeReport, models: Mapping[str, int]) -> go.Figure:
+    """Bar chart (log scale): modelled seconds for each model through each load-path hop.
 
-    Measured tiers and quoted/modelled ones keep the colours and patterns of ``tier_figure``.
+    One trace per model; a bar is solid when its rate was measured here, hatched when quoted or
+    modelled, and its label names the kind.
     """
-    rows = load_times(report, {model: size_bytes})
+    rows = load_times(report, models)
+    labels = list(dict.fromkeys(bar_label(row.record) for row in rows))
     fig = go.Figure()
-    for kind in KINDS:
-        colour, pattern, legend = KIND_STYLE[kind]
-        mine = [row for row in rows if row.record.kind == kind]
+    for model in models:
+        mine = [row for row in rows if row.model == model]
         fig.add_bar(
-            name=legend,
+            name=model,
             orientation="h",
             y=[bar_label(row.record) for row in mine],
             x=[row.seconds for row in mine],
-            marker={"color": colour, "pattern": {"shape": pattern}},
-            text=[f"{seconds_text(row)} {kind}" for row in mine],
+            marker={"pattern": {"shape": [KIND_STYLE[row.record.kind][1] for row in mine]}},
+            text=[seconds_text(row) for row in mine],
             textposition="outside",
             cliponaxis=False,
-            hovertext=[_hover(row.record) for row in mine],
+            hovertext=[f"{time_kind(row.record)}<br>{_hover(row.record)}" for row in mine],
             hoverinfo="text+x",
         )
     _bar_layout(
         fig,
-        f"Time to move {model} ({size_bytes / 1e9:.3g} GB) through each tier",
-        "seconds, log scale",
-        [bar_label(row.record) for row in rows],
+        "Load time, MODELLED as bytes ÷ rate (solid: rate measured here; hatched: quoted/modelled rate)",
+        "seconds (modelled), log scale",
+        labels,
+    )
+    fig.update_layout(barmode="group", height=200 + 22 * len(labels) * max(len(models), 1))
+    return fig
+
+
+def copy_sweep_figure(rates: Sequence[CopyRate], *, highlight_bytes: int | None = None) -> go.Figure:
+    """Copy speed (measured) against buffer size, log-log; ``highlight_bytes`` marks one size."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[rate.size_bytes for rate in rates],
+        y=[rate.record.gb_per_s for rate in rates],
+        mode="lines+markers",
+        name="measured on this machine",
+        marker={"color": KIND_STYLE["measured"][0], "size": 9},
+        hovertext=[
+            f"{r.record.operation}: {r.record.gb_per_s:.2f} GB/s (measured)<br>{r.record.method}"
+            for r in rates
+        ],
+        hoverinfo="text",
+    )
+    chosen = [rate for rate in rates if rate.size_bytes == highlight_bytes]
+    if chosen:
+        fig.add_scatter(
+            x=[chosen[0].size_bytes],
+            y=[chosen[0].record.gb_per_s],
+            mode="markers",
+            name="the slider's size",
+            marker={"color": "#d62728", "size": 16, "symbol": "circle-open", "line": {"width": 3}},
+        )
+    fig.update_layout(
+        title="Copy speed by buffer size (measured, 1 thread): small buffers stay in the CPU's caches",
+        xaxis={"type": "log", "title": "buffer size (bytes), log scale"},
+        yaxis={"type": "log", "title": "GB/s (10^9 bytes/s), log scale"},
+        height=420,
     )
     return fig
+
+
+def report_table_html(report: ProbeReport) -> str:
+    """The probe's rows as an HTML table: kind, tier, operation, rate, first run, note."""
+    cells = [
+        "<tr><th>kind</th><th>tier</th><th>operation</th><th>rate</th><th>first run</th><th>note</th></tr>"
+    ]
+    for record in report:
+        first = "" if record.first_run_gb_per_s is None else f"{record.first_run_gb_per_s:.3g} GB/s"
+        cells.append(
+            f"<tr><td>{record.kind}</td><td>{html.escape(record.tier)}</td>"
+            f"<td>{html.escape(record.operation)}</td><td>{html.escape(rate_text(record))}</td>"
+            f"<td>{first}</td><td>{html.escape(record.note)}</td></tr>"
+        )
+    return "<table>" + "".join(cells) + "</table>"
+
+
+def load_time_table_html(report: ProbeReport, models: Mapping[str, int]) -> str:
+    """Load times as an HTML table: one row per load-path hop, one column per model.
+
+    Every time is modelled (bytes ÷ rate); the "rate" column says whether the rate was measured
+    here (bold), quoted or modelled (grey italic).
+    """
+    rows = load_times(report, models)
+    head = "".join(f"<th>{html.escape(name)}<br>{size / 1e9:.3g} GB</th>" for name, size in models.items())
+    cells = [f"<tr><th>tier</th><th>load path</th><th>rate (its kind)</th>{head}</tr>"]
+    for record in _ordered([r for r in report if is_load_path(r)]):
+        style = "font-weight:bold" if record.kind == "measured" else "font-style:italic;color:#666"
+        times = "".join(f"<td>{seconds_text(row)}</td>" for row in rows if row.record is record)
+        kind = "measured here" if record.kind == "measured" else record.kind
+        cells.append(
+            f'<tr style="{style}"><td>{html.escape(record.tier)}</td><td>{html.escape(record.operation)}</td>'
+            f"<td>{html.escape(rate_text(record))} ({kind})</td>{times}</tr>"
+        )
+    caption = "<caption>load time in seconds, <b>modelled</b> = bytes ÷ rate (no model was loaded)</caption>"
+    return f"<table>{caption}{''.join(cells)}</table>"

@@ -153,18 +153,23 @@ def quoted_records() -> list[TierRecord]:
 
 
 def modelled_host_to_device(ram_copy: TierRecord) -> TierRecord:
-    """Model the RAM → VRAM hop without a GPU: no faster than the RAM copy measured here,
-    nor than a PCIe 4.0 x16 link."""
+    """Model the RAM → VRAM hop without a GPU, as an *upper bound*: no faster than the RAM copy
+    measured here, nor than a PCIe 4.0 x16 link.
+
+    A real copy is slower: from pageable memory the driver first copies into pinned buffers, and
+    a link rarely reaches its theoretical rate (``labkit.hierarchy.probe.measure_cuda`` measures both
+    on a GPU machine).
+    """
     gb_per_s = min(ram_copy.gb_per_s, PCIE4_X16_GB_PER_S)
     return TierRecord(
         "PCIe",
-        "RAM → VRAM hop (modelled)",
+        "RAM → VRAM hop (modelled upper bound)",
         10**9,
         1 / gb_per_s,
         gb_per_s,
-        f"modelled: min(measured RAM {ram_copy.operation} = {ram_copy.gb_per_s:.1f} GB/s, "
+        f"modelled upper bound: min(measured RAM {ram_copy.operation} = {ram_copy.gb_per_s:.1f} GB/s, "
         f"PCIe 4.0 x16 = {PCIE4_X16_GB_PER_S:.1f} GB/s)",
         "modelled",
         source=f"RAM copy measured here; PCIe: {PCI_SIG}",
-        note="no CUDA device here: nothing on this row was measured",
+        note="an upper bound (real copies are slower); no CUDA device here: nothing on this row was measured",
     )

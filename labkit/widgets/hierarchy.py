@@ -1,32 +1,28 @@
-"""Widgets for chapter 1 (the memory hierarchy), and the small demo of notebook 00.
+"""Widgets for chapter 1 (the memory hierarchy), and the measured demo of notebook 00.
 
 Each panel follows one pattern (plotly's FigureWidget app): controls with
 ``continuous_update=False``, one handler per panel connected with ``observe(..., names="value")``,
 and figure updates inside ``batch_update()``. The handler is a public method, so a notebook
-cell can call it once directly; a headless run (nbval) fires no events.
+cell can call it once directly; a headless run (nbval) fires no events. ``static()`` returns a
+copy of what the panel shows for readers without a kernel (``labkit.widgets.static``).
+
+Sizes that allocate memory are offered only up to what this process may use
+(``labkit.hierarchy.memory``: the container's cgroup limit, not the host's RAM).
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from labkit.errors import ProbeError
-from labkit.figures.hierarchy import (
-    KIND_STYLE,
-    LoadTime,
-    load_time_figure,
-    load_times,
-    rate_text,
-    seconds_text,
-    tier_figure,
-)
-from labkit.hierarchy import probe, tiers
+from labkit.figures.hierarchy import copy_sweep_figure, report_table_html, tier_figure
+from labkit.hierarchy import caches, memory, probe, tiers
+from labkit.widgets.static import StaticView
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -64,8 +60,10 @@ class ProbePanel:
     def __init__(self, report: tiers.ProbeReport, *, repeats: int = 3, tmp_dir: str | None = None) -> None:
         self.report = report
         self.repeats, self.tmp_dir = repeats, tmp_dir
+        self.max_size_bytes = probe.max_size_bytes()  # what fits this process's memory now
+        sizes = [option for option in SIZE_OPTIONS if option[1] <= self.max_size_bytes]
         self.size = widgets.SelectionSlider(
-            options=_with(SIZE_OPTIONS, report.size_bytes),
+            options=_with(sizes, report.size_bytes),
             value=report.size_bytes,
             description="file size",
             continuous_update=False,
@@ -77,11 +75,16 @@ class ProbePanel:
             continuous_update=False,
         )
         self.status = widgets.HTML()
+        self.limit = widgets.HTML(
+            f"<small>file sizes offered up to {self.max_size_bytes / MiB:.0f} MiB: the probe holds "
+            f"{probe.PEAK_BUFFERS} buffers of that size at its peak, and this process has "
+            f"{html.escape(memory.read_memory().describe())}</small>"
+        )
         self.figure = go.FigureWidget(tier_figure(report))
         self.size.observe(self.remeasure, names="value")
         self.block.observe(self.remeasure, names="value")
         controls = widgets.HBox([self.size, self.block])
-        self.widget = widgets.VBox([controls, self.status, self.figure])
+        self.widget = widgets.VBox([controls, self.limit, self.status, self.figure])
 
     def remeasure(self, change: Any = None) -> tiers.ProbeReport:
         """Run the probe with the sliders' values and redraw (the handler of both sliders)."""
@@ -102,70 +105,82 @@ class ProbePanel:
         )
         return report
 
-
-def load_time_table_html(rows: list[LoadTime]) -> str:
-    """Return an HTML table of load times; measured rows bold, quoted/modelled rows grey italic."""
-    cells = ["<tr><th>kind</th><th>tier</th><th>operation</th><th>rate</th><th>time</th></tr>"]
-    for row in rows:
-        record = row.record
-        colour = KIND_STYLE[record.kind][0]
-        style = "font-weight:bold" if record.kind == "measured" else "font-style:italic;color:#666"
-        cells.append(
-            f'<tr style="{style}"><td style="color:{colour}">{record.kind}</td>'
-            f"<td>{html.escape(record.tier)}</td><td>{html.escape(record.operation)}</td>"
-            f"<td>{html.escape(rate_text(record))}</td>"
-            f"<td>{html.escape(seconds_text(row))}</td></tr>"
+    def static(self) -> StaticView:
+        """The last report, as a static table and figure."""
+        caption = (
+            f"the probe at {self.report.size_bytes / MiB:g} MiB, {self.report.block_bytes / KiB:g} KiB reads"
         )
-    return "<table>" + "".join(cells) + "</table>"
+        return StaticView(caption, report_table_html(self.report), (go.Figure(self.figure),))
 
 
-class LoadTimeCalculator:
-    """Pick a model; see how long each tier takes to move it (seconds = bytes / rate).
+class CopySweepDemo:
+    """Notebook 00's widget: pick a buffer size, measure how fast this CPU copies it.
+
+    The figure keeps every size measured so far, so the steps where the CPU's caches end appear
+    as the student explores. Nothing here is quoted: every point is timed on this machine.
 
     Example:
-        >>> calculator = LoadTimeCalculator(report, {"default model": 98_362_432})
-        >>> calculator.update()
-        >>> calculator.widget
+        >>> demo = CopySweepDemo()
+        >>> demo.measure()   # the slider's handler, run once (measures the slider's size)
+        >>> demo.widget
     """
 
-    def __init__(self, report: tiers.ProbeReport, models: Mapping[str, int]) -> None:
-        self.report, self.models = report, dict(models)
-        first = next(iter(self.models))
-        self.model = widgets.Dropdown(options=list(self.models), value=first, description="model")
-        self.figure = go.FigureWidget(load_time_figure(report, first, self.models[first]))
-        self.table = widgets.HTML()
-        self.model.observe(self.update, names="value")
-        self.widget = widgets.VBox([self.model, self.figure, self.table])
-
-    def update(self, change: Any = None) -> list[LoadTime]:
-        """Redraw for the chosen model (the dropdown's handler); return the rows shown."""
-        name = self.model.value
-        rows = load_times(self.report, {name: self.models[name]})
-        _replace_figure(self.figure, load_time_figure(self.report, name, self.models[name]))
-        self.table.value = load_time_table_html(rows)
-        return rows
-
-
-class QuotedSpeedDemo:
-    """Notebook 00's first widget: a size slider, and the article's quoted speeds → seconds.
-
-    Nothing here is measured: every row is the article's (or PCI-SIG's) figure.
-    """
-
-    def __init__(self) -> None:
-        self.size_gb = widgets.FloatLogSlider(
-            value=10.0, base=10, min=-1, max=2, step=0.1, description="model GB", continuous_update=False
+    def __init__(self, rates: list[caches.CopyRate] | None = None) -> None:
+        largest = memory.safe_size_bytes(0.1, 256 * MiB)  # two buffers of it, well inside what we have
+        if rates is None:
+            rates = caches.copy_sweep(tuple(s for s in caches.SWEEP_SIZES_BYTES if s <= largest))
+        self.rates = {rate.size_bytes: rate for rate in rates}
+        options = [(_size_text(size), size) for size in _powers_of_two(16 * KiB, largest)]
+        self.size = widgets.SelectionSlider(
+            options=options, value=min(4 * MiB, options[-1][1]), description="buffer", continuous_update=False
         )
-        self.table = widgets.HTML()
-        self.size_gb.observe(self.update, names="value")
-        self.widget = widgets.VBox([self.size_gb, self.table])
+        self.status = widgets.HTML()
+        self.figure = go.FigureWidget(copy_sweep_figure(self._sorted()))
+        self.size.observe(self.measure, names="value")
+        self.widget = widgets.VBox([self.size, self.status, self.figure])
 
-    def update(self, change: Any = None) -> list[LoadTime]:
-        """Recompute the table for the slider's size (the slider's handler)."""
-        report = tiers.ProbeReport(tuple(tiers.quoted_records()), (), 0, 0)
-        rows = load_times(report, {"model": int(self.size_gb.value * 1e9)})
-        self.table.value = (
-            f"<p>{self.size_gb.value:.3g} GB at the <i>quoted</i> speeds "
-            "(nothing measured yet):</p>" + load_time_table_html(rows)
+    def _sorted(self) -> list[caches.CopyRate]:
+        return [self.rates[size] for size in sorted(self.rates)]
+
+    def measure(self, change: Any = None) -> caches.CopyRate:
+        """Copy a buffer of the slider's size, add the point, redraw (the slider's handler)."""
+        rate = caches.copy_rate(self.size.value)
+        self.rates[rate.size_bytes] = rate
+        _replace_all(self.figure, copy_sweep_figure(self._sorted(), highlight_bytes=rate.size_bytes))
+        largest = self.rates[max(self.rates)].record.gb_per_s
+        self.status.value = (
+            f"copied {_size_text(rate.size_bytes)}: <b>{rate.record.gb_per_s:.2f} GB/s, measured</b> "
+            f"(median of {rate.record.repetitions} runs), {rate.record.gb_per_s / largest:.1f}x the rate "
+            f"of the largest buffer measured ({_size_text(max(self.rates))})"
         )
-        return rows
+        return rate
+
+    def static(self) -> StaticView:
+        """The points measured so far, as a static table and figure."""
+        cells = "".join(
+            f"<tr><td>{_size_text(r.size_bytes)}</td><td>{r.record.gb_per_s:.2f} GB/s</td></tr>"
+            for r in self._sorted()
+        )
+        table = f"<table><tr><th>buffer</th><th>copy rate (measured)</th></tr>{cells}</table>"
+        return StaticView("copy speed by buffer size", table, (go.Figure(self.figure),))
+
+
+def _replace_all(target: go.FigureWidget, source: go.Figure) -> None:
+    """Replace ``target``'s traces (their number may change) and layout with ``source``'s."""
+    with target.batch_update():
+        target.data = ()
+        for trace in source.data:
+            target.add_trace(trace)
+        target.layout.update(source.layout.to_plotly_json())
+
+
+def _powers_of_two(low: int, high: int) -> list[int]:
+    sizes, size = [], low
+    while size <= high:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def _size_text(size_bytes: int) -> str:
+    return f"{size_bytes / MiB:g} MiB" if size_bytes >= MiB else f"{size_bytes / KiB:g} KiB"
