@@ -4,7 +4,7 @@ Each panel follows one pattern (plotly's FigureWidget app): controls with
 ``continuous_update=False``, one handler per panel connected with ``observe(..., names="value")``,
 and figure updates inside ``batch_update()``. The handler is a public method, so a notebook
 cell can call it once directly; a headless run (nbval) fires no events. ``static()`` returns a
-copy of what the panel shows for readers without a kernel (``labkit.widgets.static``).
+copy of what the panel shows for readers without a kernel (``labkit.widgets.common``).
 
 Sizes that allocate memory are offered only up to what this process may use
 (``labkit.hierarchy.memory``: the container's cgroup limit, not the host's RAM).
@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from labkit.errors import ProbeError
 from labkit.figures.hierarchy import copy_sweep_figure, report_table_html, tier_figure
 from labkit.hierarchy import caches, memory, probe, tiers
-from labkit.widgets.static import StaticView
+from labkit.widgets.common import StaticView
 
 MiB = 1 << 20
 KiB = 1 << 10

@@ -26,7 +26,7 @@ from labkit.figures.quant import error_histogram, stats_table
 from labkit.formats import FORMATS
 from labkit.quant import QUANT_TYPES, dequantize, error_metrics, quantize
 from labkit.quant.tradeoff import FLOAT_TYPES, STEP_FIRST_TYPES, as_rows, float_stand_in
-from labkit.widgets.static import StaticView
+from labkit.widgets.common import StaticView
 
 MAX_ROWS = 256  # rows of a tensor quantized per redraw, so a K-quant redraw stays well under a second
 
@@ -84,7 +84,7 @@ class ErrorExplorer:
         return self.numbers.value
 
     def static(self) -> StaticView:
-        """What the explorer shows now, as static HTML (see ``labkit.widgets.static``)."""
+        """What the explorer shows now, as static HTML (see ``labkit.widgets.common``)."""
         caption = f"{self.tensor_picker.value} as {self.type_picker.value}"
         return StaticView(caption, self.numbers.value, (go.Figure(self.figure),))
 

@@ -1,4 +1,5 @@
-"""A static copy of what a widget shows, for readers of a saved notebook (GitHub, nbviewer).
+"""Shared by the widgets of every chapter: a static copy of what a widget shows, for readers of a saved
+notebook (GitHub, nbviewer).
 
 A saved notebook keeps a widget only as ``VBox(...)``: without a running kernel there is nothing to
 draw it. So every widget cell also displays a ``StaticView`` of the widget's state when the cell ran:
