@@ -66,8 +66,8 @@ def torch_load(path: str | os.PathLike[str], *, mmap: bool) -> Any:
 def _refusal_reason(message: str) -> str:
     """The one line of torch's long refusal message that names what was refused."""
     for line in message.splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.strip().split(". Please")[0]
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().split(". Please")[0].rstrip(".")
     return message.strip().splitlines()[0][:200]
 
 

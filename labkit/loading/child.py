@@ -18,6 +18,7 @@ which the parent shares, so it can line its RSS samples up with them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -95,12 +96,12 @@ def prepare_cache(path: str, requested: str) -> bool | None:
     return None
 
 
-def resolve_loader(spec: str | None, sys_path: list[str]) -> Callable[..., Any]:
+def resolve_loader(spec: str | None, sys_path: list[str], shared: bool = True) -> Callable[..., Any]:
     """labkit's ``open_weights``, or ``"module:function"`` imported with ``sys_path`` added."""
     if spec is None:
         from labkit.loading.loaders import open_weights
 
-        return open_weights
+        return functools.partial(open_weights, shared=shared)
     sys.path[:0] = sys_path
     module_name, _, function = spec.partition(":")
     return getattr(importlib.import_module(module_name), function)
@@ -109,7 +110,7 @@ def resolve_loader(spec: str | None, sys_path: list[str]) -> Callable[..., Any]:
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Do one load as ``request`` says and return its times and counters (see the module docstring)."""
     path, mode, layers = request["path"], request["mode"], request["layers"]
-    loader = resolve_loader(request.get("loader"), request.get("sys_path", []))
+    loader = resolve_loader(request.get("loader"), request.get("sys_path", []), request.get("shared", True))
     evicted = prepare_cache(path, request["cache"])
     resident_before = resident_fraction(path)
     rss_before = _status_kib("VmRSS")
@@ -125,6 +126,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         if t_first is None:
             t_first = time.monotonic()
     t_all = time.monotonic()
+    rss_after = _status_kib("VmRSS")
     faults1, io1 = _faults(), device_read_bytes()
     peak = _status_kib("VmHWM") if peak_reset else None
     result = {
@@ -133,6 +135,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         "first_tensor_s": (t_first or t_all) - t0,
         "all_touched_s": t_all - t0,
         "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
         "peak_rss_bytes": peak,
         "n_tensors": len(kept),
         "tensor_bytes": sum(t.numel() * t.element_size() for t in kept),

@@ -39,6 +39,7 @@ def measure(
     *,
     mode: str = "lazy",
     layers: Iterable[int] | None = None,
+    shared: bool = True,
     cache: str = "as-is",
     loader: str | None = None,
     loader_path: Iterable[str] = (),
@@ -52,6 +53,7 @@ def measure(
         path: a GGUF, safetensors or PyTorch checkpoint file.
         mode: ``"eager"``, ``"lazy"`` or ``"partial"`` (see ``labkit.loading.loaders``).
         layers: with ``"partial"``: the layer numbers.
+        shared: with ``"partial"``: also load the tensors outside every layer (embeddings, norm, head).
         cache: ``"cold"`` (evict the file first and verify), ``"warm"`` (read it once first) or
             ``"as-is"``. A cold request that cannot be verified is run anyway and labelled
             ``"not verifiable here"``.
@@ -74,11 +76,14 @@ def measure(
         raise LoadError(f"cache {cache!r} is not one of {', '.join(CACHE_REQUESTS)}")
     if not 0.0005 <= sample_every_s <= 1.0:
         raise LoadError(f"sample_every_s={sample_every_s} must be between 0.0005 and 1 second")
-    fmt = open_weights(path, mode, wanted).format if loader is None else "peer"  # fails here on bad input
+    fmt = (
+        open_weights(path, mode, wanted, shared=shared).format if loader is None else "peer"
+    )  # fails here on bad input
     request = {
         "path": str(path),
         "mode": mode,
         "layers": wanted,
+        "shared": shared,
         "cache": cache,
         "loader": loader,
         "sys_path": [str(p) for p in loader_path],
@@ -144,7 +149,9 @@ def _record(
     cache: str,
 ) -> LoadRecord:
     t0, end = result["t0"], result["t0"] + result["all_touched_s"]
-    series = tuple((t - t0, rss) for t, rss in samples if t0 - LEAD_S <= t <= end + LEAD_S)
+    inside = [(0.0, result["rss_before_bytes"]), (result["all_touched_s"], result["rss_after_bytes"])]
+    outside = [(t - t0, rss) for t, rss in samples if t0 - LEAD_S <= t <= end + LEAD_S]
+    series = tuple(sorted([point for point in inside if point[1] is not None] + outside))
     during = [rss for t, rss in samples if t0 <= t <= end]
     peak = result["peak_rss_bytes"] or max(during, default=result["rss_before_bytes"] or 0)
     expected = result["tensor_bytes"] or path.stat().st_size
