@@ -37,16 +37,26 @@ from typing import Any
 
 from labkit.errors import OutputPathError, SolutionMarkerError
 
-# cell type -> (begin marker, end marker, stub lines); markers are whole lines (surrounding spaces allowed)
-MARKERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "code": ("### BEGIN SOLUTION", "### END SOLUTION", ("# YOUR CODE HERE", "raise NotImplementedError()")),
-    "markdown": ("<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->", ("YOUR ANSWER HERE",)),
+# cell type -> (begin markers, end markers, stub lines). A marker is a whole line (spaces around it
+# allowed). Markdown takes an HTML comment, which hides the marker in the rendered instructor's
+# notebook, or nbgrader's own "### BEGIN SOLUTION", which nbgrader also strips from markdown.
+MARKERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "code": (
+        ("### BEGIN SOLUTION",),
+        ("### END SOLUTION",),
+        ("# YOUR CODE HERE", "raise NotImplementedError()"),
+    ),
+    "markdown": (
+        ("<!-- BEGIN SOLUTION -->", "### BEGIN SOLUTION"),
+        ("<!-- END SOLUTION -->", "### END SOLUTION"),
+        ("YOUR ANSWER HERE",),
+    ),
 }
-# A line that mentions a marker in any other spelling (e.g. "## BEGIN SOLUTION") in a code cell or an
-# HTML comment: refused, since its answer would reach the students.
+# A line that mentions a marker in any other spelling (e.g. "## BEGIN SOLUTION") in a comment: refused,
+# since the answer it was meant to hide would reach the students.
 _LOOSE_MARKER = {
     "code": re.compile(r"#.*\b(BEGIN|END) SOLUTION\b"),
-    "markdown": re.compile(r"<!--.*\b(BEGIN|END) SOLUTION\b"),
+    "markdown": re.compile(r"^\s*(<!--|#).*\b(BEGIN|END) SOLUTION\b"),
 }
 
 
@@ -96,16 +106,16 @@ def strip_solutions(
     """
     if cell_type not in MARKERS:
         return source, []
-    begin, end, stub = MARKERS[cell_type]
+    begins, ends, stub = MARKERS[cell_type]
     out: list[str] = []
     solutions: list[Solution] = []
     block: list[str] | None = None
     for number, line in enumerate(source.splitlines(keepends=True), start=1):
         text = line.strip()
-        if text == begin and block is None:
+        if text in begins and block is None:
             block = [line]
             indent = line[: len(line) - len(line.lstrip())]
-        elif text == end and block is not None:
+        elif text in ends and block is not None:
             block.append(line)
             stub_lines = [f"{indent}{s}\n" for s in stub]
             if not line.endswith("\n"):  # the block ended the cell: so does the stub
@@ -113,29 +123,27 @@ def strip_solutions(
             solutions.append(Solution(cell_index, len(out), len(stub_lines), tuple(block)))
             out.extend(stub_lines)
             block = None
-        elif text in (begin, end) or _LOOSE_MARKER[cell_type].search(line):
-            raise SolutionMarkerError(_marker_message(where, number, text, begin, end, block is not None))
+        elif text in begins + ends or _LOOSE_MARKER[cell_type].search(line):
+            raise SolutionMarkerError(f"{where}, line {number}: " + _marker_problem(text, begins, ends))
         elif block is not None:
             block.append(line)
         else:
             out.append(line)
     if block is not None:
         raise SolutionMarkerError(
-            f"{where}: {begin!r} on line {len(out) + 1} is never closed; add a line {end!r} after the answer"
+            f"{where}: {begins[0]!r} on line {len(out) + 1} is never closed; add a line {ends[0]!r} after the answer"
         )
     return "".join(out), solutions
 
 
-def _marker_message(where: str, number: int, text: str, begin: str, end: str, inside: bool) -> str:
-    if text == begin:
-        return (
-            f"{where}, line {number}: {begin!r} inside another solution block; close the first with {end!r}"
-        )
-    if text == end:
-        return f"{where}, line {number}: {end!r} without a {begin!r} before it; add the opening marker"
+def _marker_problem(text: str, begins: tuple[str, ...], ends: tuple[str, ...]) -> str:
+    if text in begins:
+        return f"{text!r} inside another solution block; close the first with {ends[0]!r}"
+    if text in ends:
+        return f"{text!r} without a {begins[0]!r} before it; add the opening marker"
     return (
-        f"{where}, line {number}: {text!r} looks like a solution marker but is not spelt "
-        f"{begin!r} / {end!r} (each alone on its line); fix it so the answer is not handed to students"
+        f"{text!r} looks like a solution marker but is not spelt {begins[0]!r} / {ends[0]!r} "
+        "(each alone on its line); fix it so the answer is not handed to students"
     )
 
 

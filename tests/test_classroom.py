@@ -99,16 +99,22 @@ def test_two_blocks_and_a_block_ending_the_cell() -> None:
     assert [s.first_line for s in removed] == [1, 4]
 
 
-def test_markdown_answer_becomes_your_answer_here() -> None:
-    source = "Why is Q4_K smaller?\n\n<!-- BEGIN SOLUTION -->\nIt stores 4.5 bits a weight.\n<!-- END SOLUTION -->\n"
+@pytest.mark.parametrize(
+    "style",
+    [("<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"), ("### BEGIN SOLUTION", "### END SOLUTION")],
+)
+def test_markdown_answer_becomes_your_answer_here(style: tuple[str, str]) -> None:
+    source = f"Why is Q4_K smaller?\n\n{style[0]}\nIt stores 4.5 bits a weight.\n{style[1]}\n"
     student, removed = strip_solutions(source, "markdown")
     assert student == "Why is Q4_K smaller?\n\nYOUR ANSWER HERE\n"
     assert removed[0].lines[1] == "It stores 4.5 bits a weight.\n"
 
 
-def test_markers_of_the_other_cell_type_and_raw_cells_are_left_alone() -> None:
+def test_markers_in_prose_and_raw_cells_are_left_alone() -> None:
     prose = "The answer sits between `### BEGIN SOLUTION` and `### END SOLUTION` in the notebooks.\n"
     assert strip_solutions(prose, "markdown") == (prose, [])
+    code = 'print("<!-- BEGIN SOLUTION --> is how markdown hides an answer")\n'
+    assert strip_solutions(code, "code") == (code, [])
     raw = "### BEGIN SOLUTION\nsecret\n"
     assert strip_solutions(raw, "raw") == (raw, [])
 
@@ -240,15 +246,13 @@ def _solution_lines(notebook: dict[str, Any]) -> set[str]:
     inside: set[str] = set()
     outside: set[str] = set()
     for cell in notebook["cells"]:
-        begin, end = MARKERS.get(cell["cell_type"], ("", "", ()))[:2]
+        begins, ends = MARKERS.get(cell["cell_type"], ((), (), ()))[:2]
         in_block = False
         for line in _source(cell).splitlines():
             text = line.strip()
-            if begin and text == begin:
-                in_block = True
+            in_block = in_block or text in begins
             (inside if in_block else outside).add(text)
-            if end and text == end:
-                in_block = False
+            in_block = in_block and text not in ends
     return {line for line in inside - outside if line}
 
 
@@ -319,7 +323,7 @@ def _exercises() -> list[Exercise]:
     for path in NOTEBOOKS:
         cells = _load(path)["cells"]
         for index, cell in enumerate(cells):
-            if cell["cell_type"] == "code" and MARKERS["code"][0] in _source(cell):
+            if cell["cell_type"] == "code" and MARKERS["code"][0][0] in _source(cell):
                 calls = [i for i in range(index, len(cells)) if cells[i]["cell_type"] == "code"]
                 check = next((i for i in calls[:2] if CHECK_CALL.search(_source(cells[i]))), index)
                 found.append(Exercise(path, index, check))
