@@ -18,7 +18,8 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from labkit.figures.gguf import layout_figure, region_details
+from labkit.figures.gguf import bytes_by_kind, layout_figure, region_details
+from labkit.widgets.common import StaticView
 
 
 class LayoutExplorer:
@@ -59,6 +60,16 @@ class LayoutExplorer:
         self.details.value = region_details(self.file, shown)
         self._set_picker(shown.name if shown.kind == "tensor" else None)
         return self.details.value
+
+    def static(self) -> StaticView:
+        """The bytes per kind of region and the region shown now, as static HTML (the file map
+        itself, hundreds of regions, is left to the live widget)."""
+        rows = "".join(
+            f"<tr><td>{kind}</td><td>{count}</td><td>{size:,}</td></tr>"
+            for kind, (count, size) in bytes_by_kind(self.regions).items()
+        )
+        table = f"<table><tr><th>region kind</th><th>regions</th><th>bytes</th></tr>{rows}</table>"
+        return StaticView(f"the file's regions, and {self.picker.value}", table + self.details.value)
 
     def _set_picker(self, name: str | None) -> None:
         self._setting_picker = True
