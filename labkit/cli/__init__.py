@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from labkit.cli import classroom, gguf, hierarchy, loading, quant, runtime
+from labkit.cli import classroom, common, gguf, hierarchy, loading, quant, runtime, staging
 from labkit.errors import LabkitError
 
 # Each entry: name -> function(subparsers) that adds the subcommand and sets ``func``.
@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "load": loading.add_load,
     "generate": runtime.add_generate,
     "perplexity": runtime.add_perplexity,
+    "stage": staging.add_stage,
     "student-copies": classroom.add_student_copies,
 }
 
@@ -35,12 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_subcommand in SUBCOMMANDS.values():
         add_subcommand(subparsers)
+    for subparser in subparsers.choices.values():  # every subcommand takes --threads
+        if "--threads" not in subparser._option_string_actions:
+            common.add_threads_option(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        common.apply_threads(args)  # before torch is imported: its OpenMP reads the wait policy once
         return int(args.func(args) or 0)
     except LabkitError as error:
         print(f"labkit {args.command}: error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.cli.common import MEASURED, positive_int
+from labkit.cli.common import MEASURED, add_threads_option, positive_int, temperature
 from labkit.errors import LabkitError, ModelError
 
 
@@ -51,6 +51,10 @@ def _load_model(args: argparse.Namespace) -> object:
 
     check_device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.vram is not None or args.ram is not None:  # a budget: stream the layers that do not fit
+        from labkit.cli.staging import load_streamed
+
+        return load_streamed(args, dtype)
     return runtime.load(args.file, device=args.device, dtype=dtype, weights=args.weights)
 
 
@@ -64,19 +68,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads, at least 1 (default: torch's choice)",
-    )
+    add_threads_option(parser)
+    from labkit.cli.staging import add_budget_options
+
+    add_budget_options(parser)  # --vram / --ram: staged loading (chapter 6)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = _load_model(args)
     ids: list[int] = []
     printed, start = "", time.perf_counter()
@@ -107,7 +106,9 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
     _add_model_options(parser)
     parser.add_argument("prompt", help="the text to continue")
     parser.add_argument("-n", type=positive_int, default=32, help="new tokens at most (default 32)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument(
+        "--temperature", type=temperature, default=0.0, help="0 = greedy (default); > 0 samples"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--quiet", action="store_true", help="no timing line on stderr")
@@ -115,12 +116,9 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_perplexity(args: argparse.Namespace) -> int:
-    import torch
 
     from labkit import runtime
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.text is not None and args.file_path is not None:
         raise LabkitError("give the text to score as TEXT or as --file PATH, not both")
     if args.file_path is not None:
@@ -137,7 +135,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         text, source = runtime.lab_text(), "the lab text (labkit/data/lab_text.txt)"
     model = _load_model(args)
     start = time.perf_counter()
-    result = model.perplexity(text)  # type: ignore[attr-defined]
+    result = model.perplexity(text, window=args.window)  # type: ignore[attr-defined]
     elapsed_s = time.perf_counter() - start
     if args.json:
         print(
@@ -181,6 +179,14 @@ def add_perplexity(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         default=None,
         help="score the contents of this UTF-8 text file instead",
+    )
+    parser.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="tokens scored per window, each from an empty cache, as in llama.cpp's perplexity "
+        "(default 2048 or the context length if shorter); memory grows with N, not with the text",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_run_perplexity)

@@ -1,0 +1,239 @@
+"""The real model streamed: logits equal to the all-resident runtime, trace invariants, honest projections."""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+
+import pytest
+import torch
+
+from labkit import runtime, staging
+from labkit.errors import DeviceUnavailableError, PlanError, StagingError
+from labkit.modelfiles import synthetic_llama
+from labkit.staging import LINK_PRESETS, Span, Trace, project
+
+IDS = [1, 5, 9, 200, 33, 7]
+CHUNK = 64 << 10  # small staging buffers, so that small budgets stream
+STREAM_RAM = int(6.4 * 2**20)  # the q8 model with 2 of its 7 layers resident
+
+
+@pytest.fixture(scope="module")
+def q8_model(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("staging") / "q8.gguf"
+    return synthetic_llama(path, n_layers=6, dim=128, n_heads=4, n_kv_heads=2, qtype="Q8_0", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def reference(q8_model):
+    return runtime.load(q8_model, dtype=torch.float32).logits(IDS)
+
+
+def budgets_for_each_resident_count(path, n_slots: int) -> dict[int, int]:
+    """The smallest budget for each number of resident layers the planner picks (found by planning)."""
+    with staging.load(path).weights as weights:  # type: ignore[attr-defined]
+        layers = weights.layers
+    reserve = staging.reserve_bytes(runtime.load(path, dtype=torch.float32).config, 256, torch.float32)
+    found: dict[int, int] = {}
+    for budget in range(0, sum(lay.dense_bytes for lay in layers) + reserve + (1 << 20), 32 << 10):
+        try:
+            plan = staging.plan_layers(
+                layers,
+                device="cpu",
+                reserve_bytes=reserve,
+                ram_bytes=budget,
+                chunk_bytes=CHUNK,
+                n_slots=n_slots,
+            )
+        except PlanError:
+            continue
+        found.setdefault(plan.n_resident, budget)
+    return found
+
+
+@pytest.mark.parametrize("n_slots", [1, 2])
+def test_streamed_logits_equal_resident_for_every_resident_count(q8_model, reference, n_slots):
+    budgets = budgets_for_each_resident_count(q8_model, n_slots)
+    assert {0 if n_slots == 2 else 1, 2, 3, 7} <= set(budgets)  # 7: all resident (no slots needed then)
+    for n_resident, budget in budgets.items():
+        model = staging.load(q8_model, ram=budget, chunk_bytes=CHUNK, n_slots=n_slots)
+        assert model.weights.plan.n_resident == n_resident
+        assert torch.equal(model.logits(IDS), reference), f"{n_resident} resident layers"
+        model.weights.close()
+
+
+@pytest.mark.parametrize("order", ["front", "back"])
+@pytest.mark.parametrize("mode", ["overlap", "serial"])
+def test_generation_streams_to_the_same_tokens(q8_model, order, mode):
+    want = runtime.load(q8_model, dtype=torch.float32).generate(IDS, 6)
+    model = staging.load(
+        q8_model,
+        ram=STREAM_RAM,
+        chunk_bytes=CHUNK,
+        order=order,
+        mode=mode,
+        n_slots=1 if mode == "serial" else 2,
+    )
+    assert 0 < model.weights.plan.n_resident < 7
+    assert model.generate(IDS, 6) == want
+    model.weights.close()
+
+
+def test_bfloat16_and_an_untied_head(tmp_path):
+    path = synthetic_llama(tmp_path / "f32.gguf", n_layers=8, dim=64, qtype="F32", tie_embeddings=False)
+    for dtype, ram in ((torch.float32, 1400 << 10), (torch.bfloat16, 900 << 10)):
+        want = runtime.load(path, dtype=dtype).logits(IDS)
+        model = staging.load(path, ram=ram, dtype=dtype, n_staging=1, chunk_bytes=CHUNK, context_tokens=16)
+        assert "disk" in {p.tier for p in model.weights.plan.placements}
+        assert torch.equal(model.logits(IDS), want)
+        model.weights.close()
+
+
+def test_the_default_model_streamed_equals_resident(default_model):
+    ids = list(range(100, 106))
+    want = runtime.load(default_model, dtype=torch.float32).logits(ids)
+    model = staging.load(default_model, ram=300 << 20)
+    assert 0 < model.weights.plan.n_resident < 31
+    assert torch.equal(model.logits(ids), want)
+    model.weights.close()
+
+
+def test_a_pass_cut_short_starts_over_cleanly(q8_model, reference):
+    model = staging.load(q8_model, ram=STREAM_RAM, chunk_bytes=CHUNK)
+    streamed = model.weights.plan.streamed
+    model.weights.rows("token_embd.weight", torch.tensor([[1]]))
+    model.weights.get(f"blk.{streamed[1]}.attn_qkv.weight")  # as if a pass died in the middle
+    assert torch.equal(model.logits(IDS), reference)
+    model.weights.close()
+
+
+def test_a_worker_error_reaches_the_caller(q8_model, tmp_path):
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(q8_model, copy)
+    model = staging.load(
+        copy, ram=STREAM_RAM, chunk_bytes=CHUNK, n_slots=1
+    )  # the workers run at most 2 layers ahead
+    streamed = model.weights.plan.streamed
+    assert len(streamed) >= 4
+    with open(copy, "r+b") as f:
+        f.truncate(model.weights.layers[streamed[0]].parts[0].file_offset)  # the blocks' bytes are gone
+    with pytest.raises(StagingError, match="worker failed"):
+        model.logits(IDS)
+    model.weights.close()
+
+
+def test_a_gpu_pass_without_a_gpu_needs_a_link(q8_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(DeviceUnavailableError, match="link=LinkModel"):
+        staging.load(q8_model, device="cuda", vram=64 << 20)
+    with pytest.raises(StagingError, match="same memory"):
+        staging.load(q8_model, vram=1 << 20, ram=1 << 20)
+
+
+def check_invariants(trace: Trace) -> None:
+    """read ends before its copy, copy before dequantize before compute; lanes never overlap;
+    at most n_slots streamed layers between their first copy and their compute's end; at most
+    n_staging chunks read and not yet copied."""
+    by_seq: dict[int, dict[str, list[Span]]] = defaultdict(lambda: defaultdict(list))
+    for span in trace.spans:
+        by_seq[span.seq][span.stage].append(span)
+    eps = 1e-9
+    for seq, stages in by_seq.items():
+        if seq < 0:
+            continue
+        reads = {s.chunk: s for s in stages["read"]}
+        for copy in stages["copy"]:
+            if copy.chunk in reads:
+                assert reads[copy.chunk].end_s <= copy.start_s + eps
+        [dequantize], [compute] = stages["dequantize"], stages["compute"]
+        assert max(c.end_s for c in stages["copy"]) <= dequantize.start_s + eps
+        assert dequantize.end_s <= compute.start_s + eps
+        earlier = by_seq.get(seq - trace.n_slots) if seq >= trace.n_slots else None
+        if earlier:
+            assert earlier["compute"][0].end_s <= min(c.start_s for c in stages["copy"]) + eps
+    for lane in (("read",), ("copy", "dequantize"), ("compute",)):
+        spans = sorted((s for s in trace.spans if s.stage in lane), key=lambda s: s.start_s)
+        assert all(a.end_s <= b.start_s + eps for a, b in zip(spans, spans[1:], strict=False)), lane
+    reads = sorted(trace.lane("read"), key=lambda s: s.start_s)
+    copies = {(s.seq, s.chunk): s for s in trace.lane("copy")}
+    for i, read in enumerate(reads[trace.n_staging :]):
+        freed_by = reads[i]
+        assert copies[(freed_by.seq, freed_by.chunk)].end_s <= read.start_s + eps
+
+
+@pytest.mark.parametrize(
+    ("n_slots", "n_staging", "chunk_bytes"), [(2, 2, 64 << 10), (1, 1, 1 << 20), (3, 4, 16 << 10)]
+)
+def test_trace_invariants(q8_model, reference, n_slots, n_staging, chunk_bytes):
+    model = staging.load(
+        q8_model,
+        ram=STREAM_RAM + n_staging * chunk_bytes,
+        n_slots=n_slots,
+        n_staging=n_staging,
+        chunk_bytes=chunk_bytes,
+    )
+    assert len(model.weights.plan.streamed) >= 3
+    logits, trace = staging.trace_pass(model, IDS)
+    assert torch.equal(logits[0], reference)
+    assert trace.kind == "measured" and all(s.source == "measured" and s.clock == "host" for s in trace.spans)
+    assert {s.layer for s in trace.lane("compute")} == set(range(7))  # every layer computed once
+    assert sorted(s.seq for s in trace.lane("dequantize")) == list(range(len(model.weights.plan.streamed)))
+    assert sum(s.size_bytes for s in trace.lane("copy")) == sum(
+        model.weights.layers[i].raw_slot_bytes for i in model.weights.plan.streamed
+    )
+    check_invariants(trace)
+    summary = trace.summary()
+    assert summary.pipeline_bound_s <= summary.serial_sum_s
+    assert summary.makespan_s >= summary.pipeline_bound_s - 1e-9
+    model.weights.close()
+
+
+def test_a_modelled_link_is_honest(q8_model, reference):
+    link = LINK_PRESETS["pcie4-x16-pinned"]
+    layers = staging.load(q8_model).weights.layers
+    vram = staging.reserve_bytes(
+        runtime.load(q8_model, dtype=torch.float32).config, 256, torch.float32
+    ) + int(3.2 * 2**20)
+    model = staging.load(
+        q8_model,
+        device="cuda",
+        vram=vram,
+        ram=2 * CHUNK + layers[0].file_bytes + 1000,
+        chunk_bytes=CHUNK,
+        link=link,
+    )
+    assert {p.tier for p in model.weights.plan.placements} == {"gpu", "cpu", "disk"}
+    logits, trace = staging.trace_pass(model, IDS)
+    assert torch.equal(logits[0], reference)
+    check_invariants(trace)
+    projected = project(trace, link)
+    copies = projected.lane("copy")
+    assert copies and all(s.source == "modelled" and s.clock == "link model" for s in copies)
+    assert all(s.elapsed_s == pytest.approx(link.copy_s(s.size_bytes), rel=1e-9) for s in copies)
+    assert all(s.source == "measured" for s in projected.spans if s.stage != "copy")
+    check_invariants(projected)
+    out = projected.summary().to_dict()
+    assert "projected_makespan_s" in out and not any(k.startswith("measured") for k in out)
+    assert "copy_modelled_busy_s" in out and "copy_measured_busy_s" not in out
+    with pytest.raises(StagingError, match="cannot hold modelled"):
+        Trace(projected.spans, kind="measured")
+    model.weights.close()
+
+
+def test_projection_of_constant_stages_is_the_textbook_pipeline():
+    """Three stages of d seconds over N layers, enough buffers: (N + 2) d; one slot serialises."""
+    d, n = 0.01, 5
+    link = staging.LinkModel("test", 1.0, d, "a test link: every copy takes d")
+    spans = []
+    for seq in range(n):
+        spans += [
+            Span(seq, f"blk.{seq}", "read", 0, d, 0, "measured", "host", seq, 0),
+            Span(seq, f"blk.{seq}", "copy", 0, 0, 0, "measured", "host", seq, 0),
+            Span(seq, f"blk.{seq}", "dequantize", 0, 0, 0, "measured", "host", seq),
+            Span(seq, f"blk.{seq}", "compute", 0, d, 0, "measured", "host", seq),
+        ]
+    deep = project(Trace(tuple(spans), n_slots=3, n_staging=3), link).summary()
+    assert deep.makespan_s == pytest.approx((n + 2) * d)
+    one = project(Trace(tuple(spans), n_slots=1, n_staging=1), link).summary()
+    assert one.makespan_s == pytest.approx(n * 2 * d + d)  # copy and compute alternate; the first read leads
