@@ -47,7 +47,8 @@ def test_listing_reads_as_the_table_of_contents() -> None:
     entries = {p.stem for p in ROOT.iterdir() if not p.name.startswith("_") and p.name != "data"}
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
     assert {"hierarchy", "quant", "gguf", "runtime"} <= packages, "one subpackage per chapter"
-    assert entries - set(CHAPTERS) - set(ON_TOP) <= {"errors", "formats", "modelfiles", "peers", "classroom"}
+    at_root = {"errors", "formats", "modelfiles", "peers", "classroom", "journey"}  # journey: chapter 7
+    assert entries - set(CHAPTERS) - set(ON_TOP) <= at_root
     for helpers in ("figures", "widgets", "checks", "cli"):
         names = {p.stem for p in (ROOT / helpers).glob("*.py") if not p.name.startswith("_")}
         assert names <= set(CHAPTERS) | {"common", "capstone", "tour", "classroom"}, (helpers, names)
@@ -84,6 +85,12 @@ FORBIDDEN = {
     "checks": {"figures", "widgets", "cli"},
     "widgets": {"cli"},
 }
+
+
+# The capstone's journey (labkit.journey) runs every chapter: it sits above them and below the views.
+FORBIDDEN["journey"] = set(ON_TOP)
+for _below in ("errors", "formats", *CHAPTERS, "modelfiles"):
+    FORBIDDEN.setdefault(_below, set()).add("journey")
 
 
 def test_imports_never_point_up_the_journey() -> None:
