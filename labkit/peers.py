@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
-def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512) -> Any:
+def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512, use_mmap: bool = True) -> Any:
     """Load a GGUF in llama.cpp on the CPU, keeping the logits of every position.
 
     Args:
         model_path: the GGUF file.
         n_threads: threads for decoding and for prompt batches.
         n_ctx: context length to allocate.
+        use_mmap: map the file (llama.cpp's default) or read it into buffers at load time.
 
     Returns:
         A ``llama_cpp.Llama``.
@@ -45,6 +46,7 @@ def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512) 
             n_threads_batch=n_threads,
             logits_all=True,
             flash_attn=False,
+            use_mmap=use_mmap,
             verbose=False,
         )
     finally:

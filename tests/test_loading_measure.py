@@ -38,7 +38,7 @@ def _check_invariants(record: LoadRecord) -> None:
     assert all(rss > 0 for _, rss in record.rss_series)
     during = [rss for t, rss in record.rss_series if 0 <= t <= record.all_touched_s]
     assert record.peak_rss_bytes >= max(during)
-    assert record.peak_rss_bytes >= record.rss_before_bytes > 0
+    assert record.peak_rss_bytes >= record.open_peak_rss_bytes >= record.rss_before_bytes > 0
     assert set(record.to_dict()["kinds"]) == {f.name for f in dataclasses.fields(LoadRecord)}
 
 
@@ -62,6 +62,9 @@ def test_lazy_eager_and_partial_records(f16: Path) -> None:
     assert (lazy.n_tensors, part.n_tensors) == (len(table), len(loading.select(table, [0])))
     assert eager.added_peak_rss_bytes >= eager.tensor_bytes, (
         "an eager load holds every byte in process memory"
+    )
+    assert lazy.added_open_rss_bytes < lazy.tensor_bytes / 2, (
+        "a lazy open maps the file and reads (almost) nothing"
     )
     if CAN_EVICT:
         assert lazy.cache_state == eager.cache_state == WARM and lazy.resident_before >= 0.99

@@ -119,6 +119,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
     opened = loader(path, mode, layers)
     t_open = time.monotonic()
+    open_peak = _status_kib("VmHWM") if peak_reset else _status_kib("VmRSS")
     t_first, checksum, kept = None, 0, []
     for _, tensor in opened:
         checksum += touch(tensor)
@@ -136,6 +137,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         "all_touched_s": t_all - t0,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
+        "open_peak_rss_bytes": open_peak,
         "peak_rss_bytes": peak,
         "n_tensors": len(kept),
         "tensor_bytes": sum(t.numel() * t.element_size() for t in kept),

@@ -175,6 +175,7 @@ def _record(
         first_tensor_s=result["first_tensor_s"],
         all_touched_s=result["all_touched_s"],
         rss_before_bytes=result["rss_before_bytes"] or 0,
+        open_peak_rss_bytes=result["open_peak_rss_bytes"] or 0,
         peak_rss_bytes=max(peak, *during, 0),
         rss_series=series,
         major_faults=result["major_faults"],

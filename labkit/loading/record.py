@@ -45,6 +45,7 @@ class LoadRecord:
         first_tensor_s: until the first tensor was touched (every page of it in this process).
         all_touched_s: until every tensor asked for had been touched.
         rss_before_bytes: the child's resident memory just before the load (Python, torch, labkit).
+        open_peak_rss_bytes: the highest resident memory until the file was open, before any touch.
         peak_rss_bytes: the highest resident memory during the load (kernel ``VmHWM`` after a reset).
         rss_series: ``(t_s, rss_bytes)`` sampled from the parent every few ms, t increasing.
         major_faults, minor_faults: page faults during the load: major ones waited for the device.
@@ -66,6 +67,7 @@ class LoadRecord:
     first_tensor_s: float
     all_touched_s: float
     rss_before_bytes: int
+    open_peak_rss_bytes: int
     peak_rss_bytes: int
     rss_series: tuple[tuple[float, int], ...]
     major_faults: int | None
@@ -97,6 +99,7 @@ class LoadRecord:
                 "first_tensor_s",
                 "all_touched_s",
                 "rss_before_bytes",
+                "open_peak_rss_bytes",
                 "peak_rss_bytes",
                 "rss_series",
                 "resident_before",
@@ -112,6 +115,11 @@ class LoadRecord:
     def added_peak_rss_bytes(self) -> int:
         """Peak resident memory above what the child held before the load (measured)."""
         return self.peak_rss_bytes - self.rss_before_bytes
+
+    @property
+    def added_open_rss_bytes(self) -> int:
+        """Resident memory the open itself added, before any tensor was touched (measured)."""
+        return self.open_peak_rss_bytes - self.rss_before_bytes
 
     @property
     def gb_per_s(self) -> float:
