@@ -185,7 +185,7 @@ def measure_cold_read(path: Path, block_bytes: int, repeats: int, method: str = 
                 size_bytes,
                 direct[0],
                 direct_what,
-                f"{direct[1].how}; fadvise eviction did not work here",
+                f"{direct[1].how}; fadvise eviction did not work here (pages a process maps stay cached)",
             )
         ]
     why = next(verdict.how for verdict in verdicts if not verdict.verified)
