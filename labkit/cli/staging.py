@@ -153,7 +153,12 @@ def add_stage(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slots", type=positive_int, default=2, help="device slots for streamed layers (default 2)"
     )
-    parser.add_argument("--chunk", type=parse_size, default="4M", help="read size (default 4M)")
+    parser.add_argument(
+        "--chunk",
+        type=parse_size,
+        default=None,
+        help="read size (default: 4M, or the largest layer if smaller)",
+    )
     parser.add_argument(
         "--context", type=positive_int, default=256, help="tokens of context to reserve room for"
     )

@@ -191,6 +191,7 @@ def plan_layers(
     n_staging: int = 2,
     chunk_bytes: int = 4 << 20,
     order: str = "back",
+    n_resident: int | None = None,
 ) -> Plan:
     """Place every layer on ``gpu``, ``cpu`` or ``disk`` under the budgets.
 
@@ -205,12 +206,22 @@ def plan_layers(
         chunk_bytes: the read size.
         order: ``"back"`` keeps the output layer and the last blocks resident (llama.cpp's ``-ngl``);
             ``"front"`` the first blocks, the output layer last (accelerate's walk in module order).
+        n_resident: keep exactly this many layers resident along the walk, whatever the budget
+            of the compute device (llama.cpp's ``-ngl N``); ``vram_bytes`` may then be ``None``.
     Returns:
         A ``Plan``.
     Raises:
         PlanError: a bad setting, or a budget below what streaming needs; the message gives the
             smallest budget that works.
     """
+    if n_resident is not None and not 0 <= n_resident <= len(layers):
+        raise PlanError(
+            f"n_resident={n_resident}; choose 0 to {len(layers)} (this model's layers, the output one included)"
+        )
+    if n_resident is not None and device == "cuda" and vram_bytes is None:
+        vram_bytes = [sum(lay.dense_bytes for lay in layers) << 1]  # no VRAM limit: the count decides
+    if n_resident is not None and device == "cpu":
+        ram_bytes = None  # the count decides, not a budget
     _check_settings(layers, device, vram_bytes, n_slots, n_staging, chunk_bytes, order)
     walk = list(layers) if order == "front" else list(reversed(layers))
     staging = n_staging * chunk_bytes
@@ -224,14 +235,17 @@ def plan_layers(
         streamed = walk[n_resident:]
         return _slot_reservations(streamed, n_slots, reserve_bytes, staging if device == "cpu" else 0, device)
 
-    n_gpu = _fit(
-        walk,
-        [lay.dense_bytes for lay in walk],
-        resident_budget,
-        device_reservation,
-        device,
-        gpu_budgets if device == "cuda" else None,
-    )
+    if n_resident is not None:
+        n_gpu = n_resident
+    else:
+        n_gpu = _fit(
+            walk,
+            [lay.dense_bytes for lay in walk],
+            resident_budget,
+            device_reservation,
+            device,
+            gpu_budgets if device == "cuda" else None,
+        )
     reservations = device_reservation(n_gpu)
     placements: dict[int, Placement] = {}
     if device == "cuda":

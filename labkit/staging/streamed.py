@@ -32,6 +32,7 @@ from labkit.runtime.tokenizer import Tokenizer
 from labkit.staging.executor import Stager
 from labkit.staging.layers import LayerSpec, layer_specs
 from labkit.staging.plan import Plan, plan_layers
+from labkit.staging.reader import PAGE_BYTES
 from labkit.staging.trace import LinkModel, Trace
 
 
@@ -173,6 +174,8 @@ def _devices(
     vram: int | Sequence[int] | None,
     ram: int | None,
     link: LinkModel | None,
+    *,
+    need_vram: bool = True,
 ) -> tuple[str, torch.device, int | Sequence[int] | None, int | None]:
     """(plan device, compute device, vram budget, ram budget) for ``load``'s arguments."""
     wanted = torch.device(device or "cpu")
@@ -188,7 +191,7 @@ def _devices(
         return "cpu", wanted, None, ram if vram is None else (vram if isinstance(vram, int) else sum(vram))
     if wanted.type != "cuda":
         raise StagingError(f"device={str(wanted)!r}; choose 'cpu' or 'cuda'")
-    if vram is None:
+    if vram is None and need_vram:
         raise StagingError("a GPU plan needs a VRAM budget: pass vram=... (bytes, or one budget per GPU)")
     if torch.cuda.is_available():
         return "cuda", wanted, vram, ram
@@ -212,12 +215,13 @@ def load(
     plan: Plan | None = None,
     n_slots: int = 2,
     n_staging: int = 2,
-    chunk_bytes: int = 4 << 20,
+    chunk_bytes: int | None = None,
     order: str = "back",
     mode: str = "overlap",
     io: str = "pread",
     link: LinkModel | None = None,
     context_tokens: int = 256,
+    n_resident: int | None = None,
 ) -> Model:
     """Load a llama GGUF with only the planned layers resident; the rest stream from the file each pass.
 
@@ -229,11 +233,13 @@ def load(
             then runs on the CPU and the host->device copies are projected from the link.
         dtype: compute dtype (``torch.float32``: logits equal to ``labkit.runtime.load``'s, bit for bit).
         plan: a ready plan (skips planning; budgets are then ignored).
-        n_slots, n_staging, chunk_bytes, order: see ``plan_layers``.
+        n_slots, n_staging, order: see ``plan_layers``.
+        chunk_bytes: the read size (default: 4 MiB, or the largest layer rounded up to a page if smaller).
         mode: ``"overlap"`` or ``"serial"``.
         io: ``"pread"`` or ``"odirect"``.
         link: a ``LinkModel`` for projections (only with ``device="cuda"``).
         context_tokens: tokens of context to reserve room for (activations + KV cache).
+        n_resident: keep exactly this many layers resident, whatever the budget (llama.cpp's ``-ngl``).
     Returns:
         A ``labkit.runtime.Model`` whose ``weights`` is a ``StreamedWeights``.
     Raises:
@@ -245,7 +251,7 @@ def load(
 
     if not Path(path).is_file():
         raise StagingError(f"no model file at {path}; pass the path of a .gguf file")
-    plan_device, compute_device, vram, ram = _devices(device, vram, ram, link)
+    plan_device, compute_device, vram, ram = _devices(device, vram, ram, link, need_vram=n_resident is None)
     with gguf.open(path) as gguf_file:
         shapes = {name: tuple(info.shape) for name, info in gguf_file.tensors.items()}
         config = LlamaConfig.from_gguf(gguf_file.metadata, shapes)
@@ -255,6 +261,9 @@ def load(
         if embd.qtype not in FORMATS:
             raise StagingError(f"token_embd.weight is {embd.qtype}, which labkit cannot dequantize")
         embedding = (embd.qtype, int(embd.offset), tuple(int(s) for s in embd.shape), int(embd.n_bytes))
+    if chunk_bytes is None:
+        largest = max(lay.file_bytes for lay in layers)
+        chunk_bytes = min(4 << 20, -(-largest // PAGE_BYTES) * PAGE_BYTES)
     if plan is None:
         plan = plan_layers(
             layers,
@@ -266,6 +275,7 @@ def load(
             n_staging=n_staging,
             chunk_bytes=chunk_bytes,
             order=order,
+            n_resident=n_resident,
         )
     if plan.device == "cuda" and len(plan.budgets) > 2:
         raise StagingError(
