@@ -476,11 +476,21 @@ def test_widgets_handlers_run_headless(report: probe.ProbeReport, tmp_path: Path
     assert panel.report.block_bytes == 4 * MiB and "measured" in panel.status.value
     assert list(tmp_path.iterdir()) == []
     assert max(value for _, value in panel.size.options) <= probe.max_size_bytes()
-    assert "<table>" in panel.static()._repr_html_()
+    static = panel.static()._repr_html_()
+    assert "<table>" in static and "█" in static and "<script" not in static  # shown by every viewer
     demo = CopySweepDemo(rates=[])
     demo.size.value = 64 * 1024  # fires the handler
     assert "64 KiB" in demo.status.value and "measured" in demo.status.value
     assert len(demo.figure.data) == 2 and "64 KiB" in demo.static()._repr_html_()
+
+
+def test_text_bar_is_a_figure_in_characters() -> None:
+    pytest.importorskip("ipywidgets")
+    from labkit.widgets.common import BAR_WIDTH, text_bar
+
+    assert text_bar(10.0, 10.0) == "█" * BAR_WIDTH and text_bar(5.0, 10.0) == "█" * (BAR_WIDTH // 2)
+    assert text_bar(1.0, 100.0, log_floor=0.1) == "█" * (BAR_WIDTH // 3)  # one decade of three
+    assert text_bar(0.0, 10.0) == "" and text_bar(1e-9, 10.0) == "█"  # never an invisible non-zero bar
 
 
 def test_panel_offers_only_sizes_that_fit(report: probe.ProbeReport, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ loading, and VRAM bandwidth is what compute reads, not how weights arrive.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -250,17 +250,26 @@ def copy_sweep_figure(rates: Sequence[CopyRate], *, highlight_bytes: int | None 
     return fig
 
 
-def report_table_html(report: ProbeReport) -> str:
-    """The probe's rows as an HTML table: kind, tier, operation, rate, first run, note."""
-    cells = [
-        "<tr><th>kind</th><th>tier</th><th>operation</th><th>rate</th><th>first run</th><th>note</th></tr>"
-    ]
+def report_table_html(report: ProbeReport, *, bar: Callable[..., str] | None = None) -> str:
+    """The probe's rows as an HTML table: kind, tier, operation, rate, first run, note.
+
+    Args:
+        bar: draws a text bar per row, ``bar(gb_per_s, largest, log_floor=...)`` (log scale), if given.
+    """
+    largest = max(record.gb_per_s for record in report)
+    floor = min(record.gb_per_s for record in report) / 2
+    head = "<th>kind</th><th>tier</th><th>operation</th><th>rate</th><th>first run</th><th>note</th>"
+    cells = [f"<tr>{head}{'<th>GB/s, log scale</th>' if bar else ''}</tr>"]
     for record in report:
         first = "" if record.first_run_gb_per_s is None else f"{record.first_run_gb_per_s:.3g} GB/s"
+        drawn = ""
+        if bar is not None:
+            drawn = bar(record.gb_per_s, largest, log_floor=floor)
+            drawn = f'<td style="text-align:left;font-family:monospace">{drawn}</td>'
         cells.append(
             f"<tr><td>{record.kind}</td><td>{html.escape(record.tier)}</td>"
             f"<td>{html.escape(record.operation)}</td><td>{html.escape(rate_text(record))}</td>"
-            f"<td>{first}</td><td>{html.escape(record.note)}</td></tr>"
+            f"<td>{first}</td><td>{html.escape(record.note)}</td>{drawn}</tr>"
         )
     return "<table>" + "".join(cells) + "</table>"
 

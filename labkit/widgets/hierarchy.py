@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from labkit.errors import ProbeError
 from labkit.figures.hierarchy import copy_sweep_figure, report_table_html, tier_figure
 from labkit.hierarchy import caches, memory, probe, tiers
-from labkit.widgets.common import StaticView
+from labkit.widgets.common import StaticView, text_bar
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -110,7 +110,7 @@ class ProbePanel:
         caption = (
             f"the probe at {self.report.size_bytes / MiB:g} MiB, {self.report.block_bytes / KiB:g} KiB reads"
         )
-        return StaticView(caption, report_table_html(self.report), (go.Figure(self.figure),))
+        return StaticView(caption, report_table_html(self.report, bar=text_bar))
 
 
 class CopySweepDemo:
@@ -157,12 +157,14 @@ class CopySweepDemo:
 
     def static(self) -> StaticView:
         """The points measured so far, as a static table and figure."""
+        largest = max((r.record.gb_per_s for r in self._sorted()), default=0.0)
         cells = "".join(
-            f"<tr><td>{_size_text(r.size_bytes)}</td><td>{r.record.gb_per_s:.2f} GB/s</td></tr>"
+            f"<tr><td>{_size_text(r.size_bytes)}</td><td>{r.record.gb_per_s:.2f} GB/s</td>"
+            f'<td style="text-align:left;font-family:monospace">{text_bar(r.record.gb_per_s, largest)}</td></tr>'
             for r in self._sorted()
         )
-        table = f"<table><tr><th>buffer</th><th>copy rate (measured)</th></tr>{cells}</table>"
-        return StaticView("copy speed by buffer size", table, (go.Figure(self.figure),))
+        table = f"<table><tr><th>buffer</th><th>copy rate (measured)</th><th></th></tr>{cells}</table>"
+        return StaticView("copy speed by buffer size", table)
 
 
 def _replace_all(target: go.FigureWidget, source: go.Figure) -> None:

@@ -86,7 +86,7 @@ class ErrorExplorer:
     def static(self) -> StaticView:
         """What the explorer shows now, as static HTML (see ``labkit.widgets.common``)."""
         caption = f"{self.tensor_picker.value} as {self.type_picker.value}"
-        return StaticView(caption, self.numbers.value, (go.Figure(self.figure),))
+        return StaticView(caption, self.numbers.value)
 
     def _set_pickers(self, qtype: str, name: str) -> None:
         self._setting_pickers = True
