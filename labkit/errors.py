@@ -62,3 +62,14 @@ class StagingError(LabkitError, ValueError):
 
 class SolutionMarkerError(LabkitError, ValueError):
     """An exercise's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers are unclosed, nested or misspelt."""
+
+
+class MissingTensorError(LabkitError, KeyError):
+    """A file has no tensor of the name asked for; the message names it and how to list the names."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ClosedFileError(LabkitError, ValueError):
+    """A file was used after ``close()`` (or after its ``with`` block ended)."""

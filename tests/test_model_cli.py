@@ -63,8 +63,10 @@ def test_too_long_a_prompt_is_a_clean_error(tiny_path: Path, capsys: pytest.Capt
 
 
 def test_negative_temperature_is_a_clean_error(tiny_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["generate", str(tiny_path), "hi", "-n", "3", "--temperature", "-1"]) == 2
-    assert "temperature=-1.0; use 0 for greedy" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser, before the model loads
+        main(["generate", str(tiny_path), "hi", "-n", "3", "--temperature", "-1"])
+    assert exit_info.value.code == 2
+    assert "'-1' is not a temperature; write 0 for greedy" in capsys.readouterr().err
 
 
 def test_perplexity_of_text_and_of_a_file(

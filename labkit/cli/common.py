@@ -1,8 +1,9 @@
-"""What every ``labkit`` subcommand shares: size and count parsing, and the "measured" label."""
+"""What every ``labkit`` subcommand shares: size and count parsing, ``--threads``, and the "measured" label."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 MEASURED = "measured on this machine"  # the "timing" field beside every elapsed_s in --json output
@@ -45,3 +46,45 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number; write e.g. 1, 4 or 32")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse a count that may be 0, such as ``--items 0`` (show no array items)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0; write e.g. 0, 6 or 100")
+    return value
+
+
+def temperature(text: str) -> float:
+    """Parse ``--temperature``: 0 (greedy) or a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a temperature; write 0 for greedy decoding or a positive number such as 0.8"
+        )
+    return value
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (every subcommand has it; the default comes from ``labkit.hierarchy.threads``)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads, at least 1 (default: the usable CPUs other work leaves free; "
+        "see labkit.hierarchy.threads)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set the thread count and OpenMP wait policy before the command imports torch."""
+    from labkit.hierarchy import threads
+
+    threads.apply(getattr(args, "threads", None))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from labkit.cli.common import non_negative_int
 from labkit.errors import LabkitError
 
 
@@ -32,5 +33,7 @@ def add_inspect(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", help="the GGUF file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--items", type=int, default=6, metavar="N", help="array items to show (default 6)")
+    parser.add_argument(
+        "--items", type=non_negative_int, default=6, metavar="N", help="array items to show (default 6)"
+    )
     parser.set_defaults(func=_run_inspect)

@@ -136,7 +136,7 @@ def encode_metadata(metadata: Mapping[str, Any]) -> tuple[bytes, int]:
     """Encode every key-value pair; returns (bytes, number of pairs)."""
     parts = []
     for key, value in metadata.items():
-        encoded_key = key.encode("utf-8") if isinstance(key, str) else b""
+        encoded_key = _utf8(key, key) if isinstance(key, str) else b""
         if not 0 < len(encoded_key) <= C.MAX_KEY_BYTES:
             raise GGUFFormatError(f"metadata key {key!r}: keys are 1..{C.MAX_KEY_BYTES} UTF-8 bytes")
         vtype, element = value_type_of(value, key)
@@ -152,8 +152,20 @@ def encode_metadata(metadata: Mapping[str, Any]) -> tuple[bytes, int]:
 def _encode_string(text: str, key: str) -> bytes:
     if not isinstance(text, str):
         raise GGUFFormatError(f"metadata {key!r}: expected a str, got {type(text).__name__}")
-    data = text.encode("utf-8")
+    data = _utf8(text, key)
     return struct.pack("<Q", len(data)) + data
+
+
+def _utf8(text: str, key: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (e.g. from a bad ``surrogateescape`` decode) cannot be."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise GGUFFormatError(
+            f"metadata {key!r}: {text[max(error.start - 10, 0) : error.end + 10]!r} holds "
+            f"{text[error.start]!r} at character {error.start}, which is not valid in UTF-8 "
+            "(a lone surrogate); GGUF strings are UTF-8: fix the text where it was decoded"
+        ) from None
 
 
 def _encode_scalar(value: Any, vtype: ValueType, key: str) -> bytes:
@@ -164,6 +176,11 @@ def _encode_scalar(value: Any, vtype: ValueType, key: str) -> bytes:
     try:
         number = float(value) if vtype in (ValueType.FLOAT32, ValueType.FLOAT64) else int(value)
         return struct.pack(C.STRUCT_CODES[vtype], number)
+    except OverflowError:
+        raise GGUFFormatError(
+            f"metadata {key!r}: {value!r} is too large for {vtype.name}; "
+            "wrap it as Typed('FLOAT64', value) to store it"
+        ) from None
     except (struct.error, TypeError, ValueError) as error:
         raise GGUFFormatError(f"metadata {key!r}: {value!r} is not a valid {vtype.name} ({error})") from None
 
@@ -190,8 +207,11 @@ def _encode_array(values: Any, element: ValueType | None, key: str) -> bytes:
 
 
 def _fits(array: np.ndarray, element: ValueType, dtype: np.dtype) -> bool:
-    if dtype.kind == "f":
-        return array.dtype.kind in "iubf"
+    if dtype.kind == "f":  # numbers that would turn into inf in a narrower float do not fit
+        if array.dtype.kind not in "iubf":
+            return False
+        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+        return bool(np.abs(finite.astype(np.float64)).max(initial=0) <= np.finfo(dtype).max)
     if array.dtype.kind not in "iub":
         return False  # floats, objects, strings into an integer/bool array
     low, high = (0, 1) if element == ValueType.BOOL else (np.iinfo(dtype).min, np.iinfo(dtype).max)

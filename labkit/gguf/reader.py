@@ -12,6 +12,7 @@ cross-checked against in ``tests/test_gguf_reader.py``).
 
 from __future__ import annotations
 
+import difflib
 import mmap
 import os
 import warnings
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from labkit.errors import GGUFFormatError, MissingInputError
+from labkit.errors import ClosedFileError, GGUFFormatError, MissingInputError, MissingTensorError
 from labkit.gguf import codec
 from labkit.gguf.constants import HEADER_BYTES, align_up
 from labkit.gguf.parse import MetadataEntry, ParsedHeader, TensorInfo, parse_header
@@ -100,11 +101,18 @@ class GGUFFile:
 
     def _info(self, name: str) -> TensorInfo:
         if self._mmap is None:
-            raise ValueError(f"{self.path}: the file is closed")
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise KeyError(f"{self.path} has no tensor {name!r} ({len(self.tensors)} tensors)") from None
+            raise ClosedFileError(
+                f"{self.path} is closed; read tensors inside its `with gguf.open(...)` block, "
+                "or open it again"
+            )
+        if name not in self.tensors:
+            close = difflib.get_close_matches(str(name), list(self.tensors), n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise MissingTensorError(
+                f"{self.path.name} has no tensor {name!r} ({len(self.tensors)} tensors); {hint}"
+                "list the names with `f.tensors` or `labkit inspect FILE`"
+            )
+        return self.tensors[name]
 
     # --- anatomy ---------------------------------------------------------------------
 
@@ -154,7 +162,7 @@ class GGUFFile:
     # --- lifetime --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Let go of the mapping; ``raw()`` and ``tensor()`` raise afterwards.
+        """Let go of the mapping; ``raw()`` and ``tensor()`` raise ``ClosedFileError`` afterwards.
 
         The OS unmaps the file as soon as nothing uses it any more: views from ``raw()``
         and the metadata's string arrays keep it mapped (and valid) while they live.
@@ -188,7 +196,8 @@ def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors buil
     Raises:
         GGUFFormatError: the file is malformed, truncated or hostile; the message
             names the file, the byte offset and the field.
-        MissingInputError: there is no file at ``path`` (a ``FileNotFoundError`` too).
+        MissingInputError: there is no file at ``path`` (a ``FileNotFoundError`` too), it is a
+            folder, or ``path`` is not a path at all (e.g. ``None``).
         OSError: the file cannot be opened.
 
     Example:
@@ -196,7 +205,18 @@ def open(path: str | os.PathLike[str]) -> GGUFFile:  # noqa: A001 - mirrors buil
         ...     f.metadata["general.architecture"], len(f.tensors)
         ('llama', 272)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise MissingInputError(
+            f"gguf.open({path!r}): give the path of a .gguf file as a str or Path, "
+            "e.g. labkit.modelfiles.default_model_path()"
+        )
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.gguf"))[:3]
+        raise MissingInputError(
+            f"cannot open {path}: it is a folder, not a GGUF file; give a file's path"
+            + (f", e.g. {path / inside[0]}" if inside else "")
+        )
     try:
         handle = path.open("rb")
     except FileNotFoundError:

@@ -5,9 +5,10 @@ alone (header, metadata, tensor-info table), then asks each ``TensorSource`` for
 its values, encodes them (quantizing on the fly), writes them and lets them go.
 Peak memory is one tensor, so a file larger than RAM can be written.
 
-The bytes go to a temporary file in the destination folder, which is flushed,
-fsync'ed and renamed over ``path`` only when everything succeeded: an error or
-Ctrl-C leaves no partial file behind and never clobbers an existing file.
+The bytes go to an unnamed (or hidden) file in the destination folder, which is
+flushed, fsync'ed and given the name ``path`` only when everything succeeded: an
+error, Ctrl-C, ``kill`` or even ``kill -9`` leaves no partial file behind and never
+clobbers an existing file (``labkit.gguf.atomic``).
 
 Why an own byte writer and not ``gguf.GGUFWriter``: the whole format fits in the
 few functions below, which makes this module a readable spec of the file (as
@@ -21,20 +22,21 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from labkit.errors import GGUFFormatError, OutputPathError
+from labkit.errors import GGUFFormatError, QuantizationError
 from labkit.gguf import codec
 from labkit.gguf import constants as C
+from labkit.gguf.atomic import atomic_output as _atomic_file
+from labkit.gguf.atomic import check_output_path as _check_output_path
 from labkit.gguf.metadata import Typed, encode_metadata
 
 
@@ -68,6 +70,7 @@ def write(
     *,
     alignment: int = C.DEFAULT_ALIGNMENT,
     progress: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Write a GGUF v3 file atomically, one tensor at a time.
 
@@ -80,6 +83,9 @@ def write(
         alignment: data alignment in bytes, a power of two (written as
             ``general.alignment`` when it is not 32).
         progress: show a tqdm progress bar.
+        allow_nonfinite: store NaN/Inf (and values too large for F16/BF16, which become Inf)
+            in F32/F16/BF16 tensors as they are; by default they raise, since llama.cpp would
+            load them silently and produce NaN logits. Quantized types never take them.
 
     Returns:
         The path written.
@@ -88,7 +94,8 @@ def write(
         OutputPathError: before any work, if ``path`` is a folder or its folder is missing
             or not writable.
         GGUFFormatError: a name, shape, type or metadata value cannot be written.
-        QuantizationError: a tensor cannot be quantized (from ``labkit.quant``).
+        QuantizationError: a tensor holds NaN/Inf, or a value its type cannot represent
+            (e.g. above 65504 in F16, or a Q8_0 block whose scale overflows F16).
 
     Example:
         >>> write(tmp / "tiny.gguf", {"w": torch.ones(2, 32)}, {"general.architecture": "demo"})
@@ -105,33 +112,12 @@ def write(
         out.write(head)
         out.write(bytes(-len(head) % alignment))
         for source in sources:
-            data = _encoded(source)
+            data = _encoded(source, allow_nonfinite)
             out.write(data.data)  # the array's buffer, no copy
             out.write(bytes(-len(data) % alignment))
             bar.update(len(data))
             del data  # let this tensor go before loading the next
     return path
-
-
-def _check_output_path(path: Path) -> None:
-    """Refuse a path the file cannot be renamed to, before any tensor is loaded."""
-    folder = path.parent
-    if path.is_dir():
-        raise OutputPathError(
-            f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'out.gguf'}"
-        )
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"cannot write {path}: {folder} is not a folder; pick another output path")
-    if not folder.is_dir():
-        raise OutputPathError(
-            f"cannot write {path}: the folder {folder} does not exist; "
-            f"create it first (mkdir -p {folder}) or pick another output path"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(
-            f"cannot write {path}: the folder {folder} is not writable; "
-            "pick an output path in a folder you can write to"
-        )
 
 
 def _as_sources(tensors: Mapping[str, torch.Tensor] | Iterable[TensorSource]) -> list[TensorSource]:
@@ -162,10 +148,14 @@ def _source_of(name: str, tensor: torch.Tensor) -> TensorSource:
 
 def _check_source(source: TensorSource) -> None:
     name, shape = source.name, source.shape
-    encoded = name.encode("utf-8") if isinstance(name, str) else b""
+    try:
+        encoded = name.encode("utf-8") if isinstance(name, str) else b""
+    except UnicodeEncodeError:  # a lone surrogate
+        encoded = b""
     if not 0 < len(encoded) <= C.MAX_TENSOR_NAME_BYTES:
         raise GGUFFormatError(
-            f"cannot write tensor {name!r}: names are 1..{C.MAX_TENSOR_NAME_BYTES} UTF-8 bytes"
+            f"cannot write tensor {name!r}: names are 1..{C.MAX_TENSOR_NAME_BYTES} bytes of valid UTF-8 "
+            "(no lone surrogates); rename it"
         )
     if not 1 <= len(shape) <= C.MAX_DIMS or not all(isinstance(d, int) and d >= 1 for d in shape):
         raise GGUFFormatError(
@@ -205,7 +195,7 @@ def _header(sources: list[TensorSource], metadata_bytes: bytes, n_kv: int, align
     return b"".join(parts)
 
 
-def _encoded(source: TensorSource) -> np.ndarray:
+def _encoded(source: TensorSource, allow_nonfinite: bool = False) -> np.ndarray:
     """Load one tensor and return its file bytes, checked against the declared shape and type."""
     values = source.load()
     if not isinstance(values, torch.Tensor):
@@ -231,39 +221,32 @@ def _encoded(source: TensorSource) -> np.ndarray:
         )
     data = codec.encode(values, source.qtype, source.name)
     assert data.size == source.n_bytes, (source.name, data.size, source.n_bytes)  # quantizer invariant
+    if source.qtype in codec.FLOAT_DTYPES and not allow_nonfinite:
+        _check_stored_finite(values, data, source)
     return data
 
 
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A new file that appears at ``path`` only if the ``with`` body finishes."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    out = temp.open("xb")
-    try:
-        yield out
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        os.replace(temp, path)
-    except BaseException:  # includes KeyboardInterrupt: never leave a partial file
-        out.close()
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (best effort: not every OS lets you fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
+def _check_stored_finite(values: torch.Tensor, data: np.ndarray, source: TensorSource) -> None:
+    """Refuse NaN/Inf in a float tensor, and finite values that became Inf in F16/BF16 (overflow)."""
+    stored = torch.from_numpy(data).view(codec.FLOAT_DTYPES[source.qtype])  # the values as written
+    lo, hi = torch.aminmax(stored.float())  # NaN propagates, Inf shows: one pass in the common case
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
         return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    flat = int((~torch.isfinite(stored)).nonzero()[0, 0])
+    index = [int(i) for i in np.unravel_index(flat, source.shape)]
+    original = float(values.reshape(-1)[flat])
+    if math.isfinite(original):
+        biggest = float(torch.finfo(codec.FLOAT_DTYPES[source.qtype]).max)
+        raise QuantizationError(
+            f"tensor {source.name!r}: the value {original:g} at index {index} is beyond {source.qtype}'s "
+            f"largest value {biggest:g} and would be stored as inf; store the tensor as F32 (or BF16), "
+            "or scale it down"
+        )
+    raise QuantizationError(
+        f"tensor {source.name!r} holds {original} at index {index}; a model file with NaN/Inf gives "
+        "NaN outputs. Find where it comes from (or clean it with torch.nan_to_num), or pass "
+        "allow_nonfinite=True to store it anyway"
+    )
 
 
 @contextmanager

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -74,6 +75,22 @@ _KERNELS: dict[str, tuple[Kernel, Kernel, int, int]] = {
     "Q4_K": (kquants.quantize_q4_k, kquants.dequantize_q4_k, 1 << 10, 1 << 11),
     "Q5_K": (kquants.quantize_q5_k, kquants.dequantize_q5_k, 1 << 10, 1 << 11),
     "Q6_K": (kquants.quantize_q6_k, kquants.dequantize_q6_k, 1 << 10, 1 << 11),
+}
+
+# name -> byte offsets of the block's f16 fields (scales ``d``, mins ``m``/``dmin``): see FORMATS' layouts.
+# A finite weight can still overflow them (Q8_0: |x| > 65504 * 127), and llama.cpp would store inf.
+_F16_FIELDS: dict[str, tuple[int, ...]] = {
+    "F16": (0,),
+    "Q8_0": (0,),
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+    "Q2_K": (16 + 64, 16 + 64 + 2),
+    "Q3_K": (32 + 64 + 12,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (128 + 64 + 16,),
 }
 
 QUANT_TYPES: tuple[str, ...] = tuple(_KERNELS)
@@ -131,6 +148,25 @@ def _check_finite(x: torch.Tensor, label: str) -> None:
     )
 
 
+def _check_no_overflow(
+    out: torch.Tensor, blocks: torch.Tensor, fmt: Format, label: str, n_per_row: int
+) -> None:
+    """Raise if a finite weight gave an infinite f16 field (the value or a block's scale overflowed)."""
+    fields = out[:, [o + i for o in _F16_FIELDS.get(fmt.name, ()) for i in (0, 1)]]  # (n_blocks, 2*fields)
+    if fields.numel() == 0 or bool(torch.isfinite(fields.contiguous().view(torch.float16)).all()):
+        return
+    block = int((~torch.isfinite(fields.contiguous().view(torch.float16))).any(dim=1).nonzero()[0, 0])
+    blocks_per_row = n_per_row // fmt.block_size
+    row, column = divmod(block, blocks_per_row)
+    biggest = float(blocks[block].abs().max())
+    what = "the value" if fmt.name == "F16" else f"the {fmt.name} block's f16 scale"
+    raise QuantizationError(
+        f"{label}: {what} at row {row}, column {column * fmt.block_size} overflows F16's largest value "
+        f"65504 (the block holds |x| up to {biggest:g}) and would be stored as inf; scale the tensor "
+        "down, or store it as F32/BF16 (allow_overflow=True stores inf, as llama.cpp would)"
+    )
+
+
 def _fresh(n_rows: int, n_cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A new output tensor.
 
@@ -151,7 +187,13 @@ def _run_chunks(kernel: Kernel, blocks: torch.Tensor, out: torch.Tensor, chunk: 
     return out
 
 
-def quantize(x: torch.Tensor | np.ndarray, qtype: str | Format, *, name: str | None = None) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor | np.ndarray,
+    qtype: str | Format,
+    *,
+    name: str | None = None,
+    allow_overflow: bool = False,
+) -> torch.Tensor:
     """Quantize rows of weights into ggml block bytes.
 
     Args:
@@ -160,6 +202,8 @@ def quantize(x: torch.Tensor | np.ndarray, qtype: str | Format, *, name: str | N
             The last dimension is a row and must be a whole number of blocks.
         qtype: a type name such as ``"Q8_0"`` or ``"Q4_K"``, or a ``Format``.
         name: the tensor's name, used in error messages.
+        allow_overflow: write inf where a value (F16) or a block's f16 scale overflows, as
+            llama.cpp does, instead of raising.
 
     Returns:
         uint8 tensor of shape ``(*x.shape[:-1], row_bytes)`` holding each
@@ -167,7 +211,9 @@ def quantize(x: torch.Tensor | np.ndarray, qtype: str | Format, *, name: str | N
 
     Raises:
         QuantizationError: unknown type, non-float dtype, empty tensor, a row
-            length that is not a multiple of the block size, or NaN/Inf values.
+            length that is not a multiple of the block size, NaN/Inf values, or a finite
+            value whose F16 value or block scale would overflow to inf (F16 above 65504,
+            Q8_0 above 65504 * 127, ...).
     """
     fmt = resolve_format(qtype)
     label = _label(name)
@@ -184,7 +230,22 @@ def quantize(x: torch.Tensor | np.ndarray, qtype: str | Format, *, name: str | N
     blocks = x.contiguous().reshape(-1, fmt.block_size)  # (n_blocks, block_size)
     out = _fresh(blocks.shape[0], fmt.type_size, torch.uint8, blocks.device)
     _run_chunks(quantize_blocks, blocks, out, chunk)
+    if not allow_overflow:
+        _check_no_overflow(out, blocks, fmt, label, x.shape[-1])
     return out.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))  # (*leading, row_bytes)
+
+
+def _checked_shape(shape: Sequence[int], label: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of whole numbers >= 1 (a tensor's shape, e.g. ``(4, 256)``)."""
+    fix = "pass the weights' shape as whole numbers >= 1, e.g. (4, 256) or info.shape"
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size, np.ndarray)):
+        raise QuantizationError(f"{label}: shape={shape!r} is not a shape; {fix}")
+    dims = []
+    for dim in shape:
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or int(dim) < 1:
+            raise QuantizationError(f"{label}: shape {tuple(shape)!r} has the dimension {dim!r}; {fix}")
+        dims.append(int(dim))
+    return tuple(dims)
 
 
 def dequantize(
@@ -203,8 +264,8 @@ def dequantize(
         float32 tensor of ``shape``.
 
     Raises:
-        QuantizationError: unknown type, ``q`` not uint8, or the byte count
-            does not match ``shape`` for this type.
+        QuantizationError: unknown type, ``q`` not uint8, a shape that is not whole
+            numbers >= 1, or the byte count does not match ``shape`` for this type.
     """
     fmt = resolve_format(qtype)
     label = _label(name)
@@ -213,8 +274,8 @@ def dequantize(
     if not isinstance(q, torch.Tensor) or q.dtype != torch.uint8:
         got = q.dtype if isinstance(q, torch.Tensor) else type(q).__name__
         raise QuantizationError(f"{label}: dequantize needs the raw bytes as a uint8 tensor, got {got}")
-    shape = tuple(int(s) for s in shape)
-    n_weights = int(np.prod(shape)) if shape else 1
+    shape = _checked_shape(shape, label)
+    n_weights = math.prod(shape)
     if not shape or shape[-1] % fmt.block_size:
         raise QuantizationError(
             f"{label}: shape {shape} does not split into {fmt.name} blocks of {fmt.block_size} weights per row"
