@@ -35,6 +35,7 @@ text can differ only at near-ties (tests/test_model_llama_cpp.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ BLOCK_TENSORS = (
     "ffn_up",
     "ffn_down",
 )  # as in the file
+SCORE_TOKENS = 256  # tokens per forward pass when scoring or reading a prompt: bounds logits and attention
+PERPLEXITY_WINDOW = 2048  # default tokens per perplexity window: its float32 KV cache is 94 MB on SmolLM2
 BLOCK_WEIGHTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate_up", "ffn_down")  # as stored
 
 
@@ -157,7 +160,7 @@ def load(
         raise ModelError(f"no model file at {path}; pass the path of a .gguf file")
     if weights not in WEIGHT_MODES:
         raise ModelError(f"weights={weights!r}; choose one of {list(WEIGHT_MODES)}")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+    if _device_type(device) == "cuda" and not torch.cuda.is_available():
         raise ModelError("device='cuda' was asked for, but this torch sees no CUDA GPU; use device='cpu'")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ModelError(f"dtype={dtype}; choose torch.float32, torch.bfloat16 or torch.float16")
@@ -174,6 +177,19 @@ def load(
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
         store = Weights(gguf_file, names, mode=weights, dtype=dtype, device=torch.device(device))
     return Model(config, tokenizer, store)
+
+
+def _device_type(device: str | torch.device) -> str:
+    """``"cpu"`` or ``"cuda"``; any other device (``"mps"``, ``"meta"``, ``None``, a typo) raises ``ModelError``."""
+    try:
+        kind = torch.device(device).type if isinstance(device, (str, torch.device)) else None
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ModelError(
+            f"device={device!r} is not a device labkit's runtime runs on; use 'cpu', 'cuda' or 'cuda:N'"
+        )
+    return kind
 
 
 def _tensor_names(config: LlamaConfig) -> list[str]:
@@ -414,9 +430,9 @@ class Model:
         """Yield new token ids one at a time (see ``generate``; bad arguments raise at once, not when iterated)."""
         if max_new_tokens < 0:
             raise ModelError(f"max_new_tokens={max_new_tokens}; ask for 0 or more new tokens")
-        if not temperature >= 0:  # also catches NaN
+        if not 0 <= temperature < math.inf:  # also catches NaN
             raise ModelError(
-                f"temperature={temperature}; use 0 for greedy decoding or a positive value to sample"
+                f"temperature={temperature}; use 0 for greedy decoding or a positive finite value to sample"
             )
         ids = self.prompt_ids(prompt, chat=chat)
         if not ids or len(ids) + max_new_tokens > self.config.context_length:
@@ -431,7 +447,8 @@ class Model:
     ) -> Iterator[int]:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         cache = self.new_cache()
-        logits = self.forward(ids, cache)[0, -1]  # (vocab,)
+        for start in range(0, len(ids), SCORE_TOKENS):  # a long prompt a slice at a time: bounded logits
+            logits = self.forward(ids[start : start + SCORE_TOKENS], cache)[0, -1]  # (vocab,)
         for _ in range(max_new_tokens):
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
@@ -471,24 +488,44 @@ class Model:
             self.stream(prompt, max_new_tokens, temperature, seed, chat=chat, stop_at_end=stop_at_end)
         )
 
-    def perplexity(self, text: str) -> PerplexityResult:
+    def perplexity(self, text: str, *, window: int | None = None) -> PerplexityResult:
         """Perplexity of ``text``: ``exp`` of the mean negative log-likelihood of each next token.
 
-        Texts longer than the context are scored in consecutive context-sized windows.
+        The tokens are scored in consecutive windows of ``window`` tokens (default
+        ``PERPLEXITY_WINDOW`` or the context length if shorter), each from an empty cache, as
+        llama.cpp's ``llama-perplexity`` scores chunks of ``n_ctx``. Inside a window the tokens go
+        through the KV cache ``SCORE_TOKENS`` at a time and only that slice's logits
+        ``(SCORE_TOKENS, vocab)`` exist at once, so peak memory is set by the window, never by
+        the length of the text (SmolLM2-135M, float32: about 1.1 GB whatever the text).
         """
         ids = self.tokenizer.encode(text, add_special=True)
+        window = min(PERPLEXITY_WINDOW, self.config.context_length) if window is None else window
         if len(ids) < 2:
             raise ModelError(f"perplexity needs at least 2 tokens; the text gave {len(ids)}")
+        if not (isinstance(window, int) and 2 <= window <= self.config.context_length):
+            raise ModelError(
+                f"window={window!r}; give a whole number of tokens from 2 to the context length "
+                f"{self.config.context_length}"
+            )
         nll_sum, n_scored = 0.0, 0
-        for start in range(0, len(ids), self.config.context_length):
-            window = ids[start : start + self.config.context_length]
-            if len(window) < 2:
+        for start in range(0, len(ids), window):
+            chunk = ids[start : start + window]
+            if len(chunk) < 2:
                 break
-            logits = self.logits(window)  # (T, vocab)
-            nll_sum += float(F.cross_entropy(logits[:-1], torch.tensor(window[1:]), reduction="sum"))
-            n_scored += len(window) - 1
+            nll_sum += self._summed_nll(chunk)
+            n_scored += len(chunk) - 1
         mean_nll = nll_sum / n_scored
         return PerplexityResult(len(ids), n_scored, mean_nll, float(torch.tensor(mean_nll).exp()))
+
+    def _summed_nll(self, ids: list[int]) -> float:
+        """Sum of ``-log p(ids[t+1] | ids[:t+1])``, the tokens fed ``SCORE_TOKENS`` at a time."""
+        cache, total = self.new_cache(), 0.0
+        for start in range(0, len(ids) - 1, SCORE_TOKENS):
+            piece = ids[start : min(start + SCORE_TOKENS, len(ids) - 1)]
+            targets = torch.tensor(ids[start + 1 : start + 1 + len(piece)])
+            logits = self.forward(piece, cache)[0]  # (t, vocab)
+            total += float(F.cross_entropy(logits, targets, reduction="sum"))
+        return total
 
 
 def lab_text() -> str:
