@@ -7,8 +7,9 @@ in RAM and mapped), peak RSS, page faults and bytes from the device, with the pa
 (evicted, and verified with mincore) or warm.
 
 Files: the default model (SmolLM2-135M Q4_1), and one synthetic llama written by
-``labkit.loading.write_model_set`` at ``--size-mib`` as F16 GGUF, Q4_0 and Q4_K_M GGUF (the same
-weights), F16 safetensors and F16 ``.pt``.
+``labkit.loading`` at ``--size-mib`` as F16 GGUF, Q4_0 GGUF (the same weights), F16 safetensors and
+F16 ``.pt``; and an F16/Q4_K_M pair at ``--q4km-mib`` (the K-quant quantizer is too slow on 2 cores
+to write 1 GiB of Q4_K_M in a bench run).
 
 Peers (each given its best configuration: safetensors' own default and its copying backend,
 torch.load with and without mmap, llama.cpp with and without mmap, 2 threads, OMP passive):
@@ -175,6 +176,8 @@ def cases(files: dict[str, Path], default: Path) -> list[tuple[str, Path, str, s
         rows += [(label, files[label], "readinto", "readinto", "eager")]
         if llama and label == "Q4_0 gguf":
             rows.append((label, files[label], "llama.cpp mmap", "llama_mmap", "lazy"))
+    small_f16 = next(label for label in files if label.startswith("F16 gguf "))
+    rows.append((small_f16, files[small_f16], "labkit lazy", None, "lazy"))
     path = files["F16 safetensors"]
     rows += [("F16 safetensors", path, f"labkit {m}", None, m) for m in ("eager", "lazy", "partial")]
     rows += [
@@ -227,20 +230,31 @@ def run(files: dict[str, Path], repeats: int) -> dict[tuple[str, str, str], list
     return results
 
 
-def write_files(folder: Path, size_mib: int) -> dict[str, Path]:
-    """The synthetic set, reused when a previous run left it complete in ``folder``."""
-    stem = f"synthetic-{size_mib}MiB-seed0"
-    expected = {
-        "F16 gguf": f"{stem}-F16.gguf",
-        "Q4_0 gguf": f"{stem}-Q4_0.gguf",
-        "Q4_K_M gguf": f"{stem}-Q4_K_M.gguf",
-        "F16 safetensors": f"{stem}-F16.safetensors",
-        "F16 pt": f"{stem}-F16.pt",
-    }
-    if all((folder / name).exists() for name in expected.values()):
-        return {label: folder / name for label, name in expected.items()}
+def write_files(folder: Path, size_mib: int, q4km_mib: int) -> dict[str, Path]:
+    """The synthetic set (F16, Q4_0, safetensors, .pt at ``size_mib``), plus an F16/Q4_K_M pair at
+    ``q4km_mib``: labkit's K-quant quantizer needs minutes per 100 MB on 2 cores, so the Q4_K_M pair is
+    smaller. Files a previous run left complete in ``folder`` are reused."""
+    from labkit.modelfiles import synthetic_llama
+    from labkit.quant.requant import requantize
+
     folder.mkdir(parents=True, exist_ok=True)
-    return loading.write_model_set(folder, size_mib * MiB, progress=True)
+    files: dict[str, Path] = {}
+    for mib, quantized, containers in ((size_mib, "Q4_0", True), (q4km_mib, "Q4_K_M", False)):
+        stem = folder / f"synthetic-{mib}MiB-seed0"
+        f16 = Path(f"{stem}-F16.gguf")
+        if not f16.exists():
+            synthetic_llama(f16, qtype="F16", target_size_bytes=mib * MiB, seed=0)
+        small = Path(f"{stem}-{quantized}.gguf")
+        if not small.exists():
+            requantize(f16, small, quantized, progress=True)
+        suffix = "" if containers else f" {mib} MiB"
+        files[f"F16 gguf{suffix}"], files[f"{quantized} gguf"] = f16, small
+        for container in ("safetensors", "pt") if containers else ():
+            path = Path(f"{stem}-F16.{container}")
+            if not path.exists():
+                loading.write_as(f16, path, container)
+            files[f"F16 {container}"] = path
+    return files
 
 
 # --- the report -----------------------------------------------------------------------------------------
@@ -343,9 +357,12 @@ def targets(results: dict, size_mib: int) -> list[str]:
 def pair(results: dict) -> list[str]:
     lines = []
     for cache in ("cold", "warm"):
-        big = results[("F16 gguf", "labkit lazy", cache)]
-        for small_label in ("Q4_0 gguf", "Q4_K_M gguf"):
-            small = results[(small_label, "labkit lazy", cache)]
+        small_f16 = next(key[0] for key in results if key[0].startswith("F16 gguf "))
+        for big_label, small_label in (("F16 gguf", "Q4_0 gguf"), (small_f16, "Q4_K_M gguf")):
+            big, small = (
+                results[(big_label, "labkit lazy", cache)],
+                results[(small_label, "labkit lazy", cache)],
+            )
             bytes_ratio = big[0]["record"].file_size_bytes / small[0]["record"].file_size_bytes
             time_ratio = _median(big, "all_touched_s") / _median(small, "all_touched_s")
             lines.append(
@@ -363,7 +380,8 @@ def render(results: dict, args: argparse.Namespace, files: dict[str, Path]) -> s
         [
             "# Loading benchmark (chapter 4)",
             "",
-            f"Run {when} on {machine()}; `bench/bench_loading.py --size-mib {args.size_mib} --repeats {args.repeats}`. "
+            f"Run {when} on {machine()}; `bench/bench_loading.py --size-mib {args.size_mib} --q4km-mib {args.q4km_mib} "
+            f"--repeats {args.repeats}`. "
             f"Files: {sizes}; default model {default_model_path().stat().st_size / 1e9:.3f} GB. "
             "Every load ran in a fresh child process (`labkit.loading.measure`); numbers are medians of the rounds. "
             "Times, RSS and cache state: measured; device bytes and faults: counted by the kernel "
@@ -393,13 +411,16 @@ def render(results: dict, args: argparse.Namespace, files: dict[str, Path]) -> s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="F16 file size (default 1024)")
+    parser.add_argument(
+        "--q4km-mib", type=int, default=64, help="F16 size of the F16/Q4_K_M pair (default 64)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds of every case, cold and warm")
     parser.add_argument(
         "--workdir", type=Path, default=Path("/tmp/labkit-bench-loading"), help="where the files go"
     )
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp's children share 2 cores with the sampler
-    files = write_files(args.workdir, args.size_mib)
+    files = write_files(args.workdir, args.size_mib, args.q4km_mib)
     report = render(run(files, args.repeats), args, files)
     RESULTS.write_text(report)
     print(report)

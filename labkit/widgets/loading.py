@@ -2,7 +2,7 @@
 
     explorer = load_explorer(folder, known={64 << 20: files})   # files: write_model_set(...)
     explorer.update()     # the handler, called once directly: one real measured load
-    explorer.widget       # the controls, the RSS-over-time figure and the table of loads so far
+    display(explorer.widget, explorer.static())   # the controls, figure and table; and a static copy
 
 Every change of a control runs a *real* measurement (``labkit.loading.measure``, a fresh child
 process, one or two seconds): the controls do not update while being dragged. The last few loads
@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 from labkit.figures.loading import records_table, rss_figure
 from labkit.loading import LoadRecord, measure, write_model_set
+from labkit.widgets.common import StaticView, text_bar
 
 FILES = {
     "GGUF F16": "F16 gguf",
@@ -89,6 +90,22 @@ class LoadExplorer:
             self.figure.layout = source.layout
         self.table.value = f"<pre>{html.escape(records_table(shown))}</pre>"
         return record
+
+    def static(self) -> StaticView:
+        """The loads shown now as a script-free table, with text bars of their peak memory."""
+        shown = self.records[-KEEP:]
+        largest = max((r.added_peak_rss_bytes for r in shown), default=0)
+        rows = "".join(
+            f"<tr><td>{html.escape(r.label)}</td><td>{r.all_touched_s * 1e3:,.1f}</td>"
+            f"<td>{r.added_peak_rss_bytes / 2**20:,.1f}</td>"
+            f"<td style='text-align:left'>{text_bar(r.added_peak_rss_bytes, largest)}</td></tr>"
+            for r in shown
+        )
+        table = (
+            "<table><tr><th>load</th><th>all touched (ms, measured)</th><th>+peak RSS (MiB, measured)</th>"
+            f"<th></th></tr>{rows}</table>"
+        )
+        return StaticView("the last measured loads", table)
 
 
 def load_explorer(folder: str | Path, known: dict[int, dict[str, Path]] | None = None) -> LoadExplorer:
