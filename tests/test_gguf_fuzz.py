@@ -17,6 +17,7 @@ CI runs 300 examples (a few seconds). For a long run (e.g. before a release)::
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -26,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import labkit.gguf as lg
 from labkit import quant
-from labkit.errors import QuantizationError
+from labkit.errors import LabkitError, QuantizationError
 from labkit.gguf.strings import StringArray
 
 MAX_EXAMPLES = int(os.environ.get("LABKIT_FUZZ_EXAMPLES", "300"))
@@ -160,3 +162,103 @@ def test_seed_files_are_valid(index: int) -> None:
         with lg.open(path) as f:
             _read_everything(f)
             assert np.all(np.isfinite(f.tensor(next(iter(f.tensors))).numpy()))
+
+
+# --- the writer's inputs ------------------------------------------------------------------------
+#
+# Hypothesis draws metadata values (huge and non-finite floats, 64-bit-overflowing ints, strings
+# with lone surrogates, mixed lists, numpy arrays, Typed values of every type name) and tensors
+# (odd shapes, NaN/Inf, values beyond F16, every writable type). ``gguf.write`` must either write a
+# file that reads back with the same metadata, or raise a ``LabkitError``, and leave nothing else.
+
+_ODD_FLOATS = st.sampled_from([math.nan, math.inf, 1e300, -1e39, 3.5e38, 65520.0])
+_ANY_FLOAT = st.floats(width=32, allow_nan=False, allow_infinity=False) | _ODD_FLOATS
+_TEXT = st.text(max_size=8) | st.sampled_from(["ok\udc80", "\ud800"])  # UTF-8 text, or a lone surrogate
+_INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.sampled_from([2**64, -(2**63) - 1])
+_SCALARS = st.one_of(_TEXT, st.booleans(), _INTS, _ANY_FLOAT)
+_TYPED = st.one_of(
+    st.builds(lg.Typed, st.sampled_from(["UINT8", "INT16", "UINT64", "INT64"]), st.integers(-300, 300)),
+    st.builds(lg.Typed, st.sampled_from(["FLOAT64", "FLOAT32"]), _ANY_FLOAT),
+    st.builds(lg.Typed, st.sampled_from(["ARRAY[INT32]", "STRING", "NOPE"]), st.lists(_INTS, max_size=3)),
+)
+_ARRAYS = hnp.arrays(
+    st.sampled_from([np.float64, np.float32]), st.integers(0, 4), elements=st.floats(-1e6, 1e6) | _ODD_FLOATS
+) | hnp.arrays(
+    st.sampled_from([np.int64, np.uint8, np.int16]), st.integers(0, 4), elements=st.integers(0, 200)
+)
+_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, min_size=1, max_size=4), _TYPED, _ARRAYS)
+_SHAPES = st.sampled_from(
+    [(2, 256), (256,), (1, 2, 32), (3, 32)] * 3 + [(0, 32), (-1, 32), (2, 33), (4.5, 32)]
+)
+_NAMES = st.sampled_from(["w", "blk.0.attn_q.weight"] * 3 + ["", "x" * 70, "w\udc80"])
+_TENSOR_VALUES = st.floats(width=32, min_value=-100, max_value=100) | _ODD_FLOATS
+
+
+@st.composite
+def _tensors(draw: st.DrawFn) -> list[lg.TensorSource]:
+    sources = []
+    for index in range(draw(st.integers(0, 3))):
+        qtype = draw(
+            st.sampled_from(["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"] * 2 + ["IQ2_XXS"])
+        )
+        shape = draw(_SHAPES)
+        values = draw(hnp.arrays(np.float32, 8, elements=_TENSOR_VALUES))
+
+        def load(values: np.ndarray = values, shape: tuple[int, ...] = shape) -> torch.Tensor:
+            n = math.prod(shape)  # the writer refuses bad shapes before it loads anything
+            return torch.from_numpy(values).repeat(n // 8 + 1)[:n].reshape(shape)
+
+        sources.append(lg.TensorSource(f"{draw(_NAMES)}.{index}", shape, qtype, load))
+    return sources
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings while drawing
+@settings(max_examples=MAX_EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    metadata=st.dictionaries(st.text(min_size=1, max_size=6) | st.just(""), _VALUES, max_size=3),
+    tensors=_tensors(),
+    alignment=st.sampled_from([32, 32, 1, 64, 3]),
+)
+def test_the_writer_writes_faithfully_or_raises_labkit_error(
+    metadata: dict[str, object], tensors: list[lg.TensorSource], alignment: int
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "out.gguf"
+        try:
+            lg.write(path, tensors, metadata, alignment=alignment)
+        except LabkitError as error:
+            event(f"refused: {type(error).__name__}")
+            assert os.listdir(folder) == []  # nothing written, nothing left behind
+            return
+        event(f"written with {len(tensors)} tensors")
+        assert os.listdir(folder) == ["out.gguf"]
+        with lg.open(path) as f:
+            assert list(f.metadata)[: len(metadata)] == list(metadata)
+            for key, value in metadata.items():
+                _assert_same_value(f.metadata[key], value.value if isinstance(value, lg.Typed) else value)
+            for source in tensors:
+                back = f.tensor(source.name)
+                assert tuple(back.shape) == source.shape and bool(torch.isfinite(back).all())
+
+
+def _assert_same_value(read: object, written: object) -> None:
+    """What the reader returns for a value the writer accepted (floats are stored as FLOAT32)."""
+    if isinstance(written, np.ndarray):
+        written = written.tolist()
+    if isinstance(read, np.ndarray):
+        read = read.tolist()
+    if isinstance(written, (list, tuple)) or isinstance(read, StringArray):
+        assert len(list(read)) == len(list(written))  # type: ignore[arg-type]
+        for r, w in zip(list(read), list(written), strict=True):  # type: ignore[arg-type]
+            _assert_same_value(r, w)
+    elif isinstance(written, float):
+        assert (
+            math.isnan(written) == math.isnan(float(read))
+            if math.isnan(written)
+            else (
+                float(read) == pytest.approx(written, rel=1e-6, abs=1e-38)
+                or float(read) == float(np.float32(written))
+            )
+        )
+    else:
+        assert read == written
