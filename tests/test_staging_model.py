@@ -10,6 +10,7 @@ import torch
 
 from labkit import runtime, staging
 from labkit.errors import DeviceUnavailableError, PlanError, StagingError
+from labkit.gguf import open as open_gguf
 from labkit.modelfiles import synthetic_llama
 from labkit.staging import LINK_PRESETS, Span, Trace, project
 
@@ -87,6 +88,23 @@ def test_bfloat16_and_an_untied_head(tmp_path):
         assert "disk" in {p.tier for p in model.weights.plan.placements}
         assert torch.equal(model.logits(IDS), want)
         model.weights.close()
+
+
+def test_a_file_already_in_the_compute_format_streams_without_dequantizing(tmp_path):
+    path = synthetic_llama(tmp_path / "f16.gguf", n_layers=6, dim=64, qtype="F16")
+    with open_gguf(path) as f:
+        layers = staging.layer_specs(f, dtype=torch.float16)
+        assert all(lay.aliased and lay.dense_bytes == 0 for lay in layers)
+        assert not any(lay.aliased for lay in staging.layer_specs(f, dtype=torch.float32))
+    want = runtime.load(path, dtype=torch.float16).logits(IDS)
+    model = staging.load(path, n_resident=3, dtype=torch.float16, chunk_bytes=CHUNK)
+    assert 0 < model.weights.plan.n_resident < 7
+    logits, trace = staging.trace_pass(model, IDS)
+    assert torch.equal(logits[0], want)
+    assert all(
+        s.size_bytes == 0 for s in trace.lane("dequantize")
+    )  # nothing to decode: views of the bytes read
+    model.weights.close()
 
 
 def test_the_default_model_streamed_equals_resident(default_model):

@@ -77,7 +77,7 @@ def test_budget_explorer_replans_and_runs(q8_model):
     explorer.budget.value = 16  # no change: still planned
     explorer.run.value = True  # the observer runs a measured pass
     assert explorer.timeline.data
-    assert "budget 16 MiB" in explorer.static().caption
+    assert "16 MiB" in explorer.static().caption
 
 
 def _reference(table, budget_bytes, reserve_bytes):

@@ -23,7 +23,7 @@ MiB = 1 << 20
 def exercise_table(layers: Sequence[LayerSpec]) -> list[dict[str, Any]]:
     """The tensor table the student gets: name, file bytes and dense bytes of each layer."""
     return [
-        {"name": lay.name, "file_bytes": lay.file_bytes, "dense_bytes": lay.dense_bytes} for lay in layers
+        {"name": lay.name, "file_bytes": lay.file_bytes, "dense_bytes": lay.resident_bytes} for lay in layers
     ]
 
 
@@ -58,7 +58,7 @@ def check_layer_tiers(
         layers: the model's layers (``labkit.staging.layer_specs``), several blocks of one size.
     """
     table = exercise_table(layers)
-    total = sum(lay.dense_bytes for lay in layers)
+    total = sum(lay.resident_bytes for lay in layers)
     streamed_reserve = 3 * MiB
     budgets = [int(total * share) + 12 * MiB for share in (0.2, 0.3, 0.45, 0.6, 0.75, 0.9, 1.2)]
     cases = []

@@ -59,9 +59,11 @@ from labkit.staging.trace import Span, Trace
 MODES = ("overlap", "serial")
 
 
-def dense_view(slot: torch.Tensor, tensor: DenseTensor) -> torch.Tensor:
-    """The tensor's view inside a flat uint8 slot, with the runtime's shape and memory order."""
-    flat = slot[tensor.slot_offset : tensor.slot_offset + tensor.size_bytes].view(tensor.dtype)
+def dense_view(raw: torch.Tensor, dense: torch.Tensor, tensor: DenseTensor) -> torch.Tensor:
+    """The tensor's view inside a layer's flat uint8 slots, with the runtime's shape and memory order:
+    in the dense slot, or straight in the raw bytes when the file already holds it as computed."""
+    slot, at = (dense, tensor.slot_offset) if tensor.raw_offset is None else (raw, tensor.raw_offset)
+    flat = slot[at : at + tensor.size_bytes].view(tensor.dtype)
     if tensor.column_major:
         return flat.view(tensor.shape[1], tensor.shape[0]).T  # (n_out, n_in), stored column by column
     return flat.view(tensor.shape)
@@ -73,7 +75,8 @@ def dequantize_layer(layer: LayerSpec, raw: torch.Tensor, dense: dict[str, torch
     Matrices are decoded a slab of rows at a time (``SLAB_FLOAT32_BYTES`` of float32), so the
     scratch memory stays small even for the head: each value is the same as a whole-tensor decode.
     """
-    for part in layer.parts:
+    aliased = {t.name for t in layer.tensors if t.raw_offset is not None}
+    for part in (p for p in layer.parts if p.stored_name not in aliased):
         target = dense[part.stored_name]
         if len(part.shape) == 1:  # a norm vector: float32, small
             target.copy_(
@@ -166,8 +169,8 @@ class Stager:
             torch.empty(dense_bytes, dtype=torch.uint8, device=self.device) for _ in range(plan.n_slots)
         ]
         self.views = [
-            {i: {t.name: dense_view(slot, t) for t in self.layers[i].tensors} for i in self.order}
-            for slot in self.dense_slots
+            {i: {t.name: dense_view(raw, dense, t) for t in self.layers[i].tensors} for i in self.order}
+            for raw, dense in zip(self.raw_slots, self.dense_slots, strict=True)
         ]
         self.copy_stream: Any = torch.cuda.Stream(self.device) if self.cuda else None  # the side stream
         self.recording = False
@@ -202,8 +205,9 @@ class Stager:
                 raw = torch.empty(layer.raw_slot_bytes, dtype=torch.uint8)
                 self._read_layer(layer, raw)
                 slot = torch.empty(layer.dense_bytes, dtype=torch.uint8, device=self.device)
-                dense = {t.name: dense_view(slot, t) for t in layer.tensors}
-                dequantize_layer(layer, raw.to(self.device), dense)
+                raw = raw.to(self.device)  # kept alive by the views when the layer is aliased
+                dense = {t.name: dense_view(raw, slot, t) for t in layer.tensors}
+                dequantize_layer(layer, raw, dense)
                 self.resident[p.index] = dense
             elif p.tier == "cpu":  # a GPU plan's RAM tier: the file bytes stay in (pinned) host memory
                 self.host_raw[p.index] = aligned_host_buffer(layer.raw_slot_bytes, pin=self.cuda)

@@ -27,6 +27,7 @@ import torch
 
 from labkit.errors import ModelError
 from labkit.formats import FORMATS
+from labkit.gguf.codec import FLOAT_DTYPES
 from labkit.runtime.weights import FUSED, fused_name
 
 BLOCK_TENSORS = (
@@ -80,6 +81,9 @@ class DenseTensor:
         dtype: float32 for norms, the compute dtype for matrices.
         column_major: stored column by column (``w.T.contiguous().T``).
         slot_offset: where it starts in the layer's dense slot.
+        raw_offset: set when the tensor is simply a view of the raw slot at this offset: the file
+            already holds it in the compute dtype and memory order (an F16 file computed in float16),
+            so it needs no dequantize step and no dense bytes.
     """
 
     name: str
@@ -87,6 +91,7 @@ class DenseTensor:
     dtype: torch.dtype
     column_major: bool
     slot_offset: int
+    raw_offset: int | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -123,14 +128,25 @@ class LayerSpec:
         return max(p.raw_offset + p.n_bytes for p in self.parts)
 
     @property
+    def aliased(self) -> bool:
+        """True when every tensor is a view of the raw bytes (the file holds the compute format)."""
+        return all(t.raw_offset is not None for t in self.tensors)
+
+    @property
     def dense_bytes(self) -> int:
-        """Bytes the layer's compute-ready tensors take (resident size)."""
-        last = self.tensors[-1]
-        return last.slot_offset + last.size_bytes
+        """Bytes of the dense slot: the tensors that must be dequantized (0 when ``aliased``)."""
+        return max((t.slot_offset + t.size_bytes for t in self.tensors if t.raw_offset is None), default=0)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes a resident layer occupies: its dense tensors, or its raw bytes when ``aliased``."""
+        return self.raw_slot_bytes if self.aliased else self.dense_bytes
 
     @property
     def largest_float32_bytes(self) -> int:
-        """The dequantize scratch: one slab of rows in float32 (the whole tensor when smaller)."""
+        """The dequantize scratch: one slab of rows in float32 (the whole tensor when smaller); 0 when aliased."""
+        if self.aliased:
+            return 0
         return max(min(4 * _numel(p.shape), max(SLAB_FLOAT32_BYTES, 4 * p.shape[-1])) for p in self.parts)
 
 
@@ -214,7 +230,26 @@ def _layer_spec(
             DenseTensor(stored, shape, tensor_dtype, column_major(shape, tensor_dtype, device), dense_at)
         )
         dense_at = _align(dense_at + tensors[-1].size_bytes)
-    return LayerSpec(name, index, _raw_layout(parts), tuple(tensors))
+    placed = _raw_layout(parts)
+    aliases = [_alias_offset(t, [p for p in placed if p.stored_name == t.name]) for t in tensors]
+    if all(offset is not None for offset in aliases):  # the whole layer is already in compute format
+        tensors = [
+            replace(t, slot_offset=0, raw_offset=offset) for t, offset in zip(tensors, aliases, strict=True)
+        ]
+    return LayerSpec(name, index, placed, tuple(tensors))
+
+
+def _alias_offset(tensor: DenseTensor, parts: list[FilePart]) -> int | None:
+    """Where ``tensor`` can be viewed in the raw slot as is, or None (it must be dequantized)."""
+    first = min(parts, key=lambda p: p.row_start)
+    in_row_order = sorted(parts, key=lambda p: p.row_start)
+    back_to_back = all(
+        b.raw_offset == a.raw_offset + a.n_bytes for a, b in zip(in_row_order, in_row_order[1:], strict=False)
+    )
+    same_format = all(FLOAT_DTYPES.get(p.qtype) == tensor.dtype for p in parts)
+    if same_format and back_to_back and not tensor.column_major and first.raw_offset % SLOT_ALIGN_BYTES == 0:
+        return first.raw_offset
+    return None
 
 
 def _raw_layout(parts: list[FilePart]) -> tuple[FilePart, ...]:

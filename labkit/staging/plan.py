@@ -219,7 +219,7 @@ def plan_layers(
             f"n_resident={n_resident}; choose 0 to {len(layers)} (this model's layers, the output one included)"
         )
     if n_resident is not None and device == "cuda" and vram_bytes is None:
-        vram_bytes = [sum(lay.dense_bytes for lay in layers) << 1]  # no VRAM limit: the count decides
+        vram_bytes = [sum(lay.resident_bytes for lay in layers) << 1]  # no VRAM limit: the count decides
     if n_resident is not None and device == "cpu":
         ram_bytes = None  # the count decides, not a budget
     _check_settings(layers, device, vram_bytes, n_slots, n_staging, chunk_bytes, order)
@@ -240,7 +240,7 @@ def plan_layers(
     else:
         n_gpu = _fit(
             walk,
-            [lay.dense_bytes for lay in walk],
+            [lay.resident_bytes for lay in walk],
             resident_budget,
             device_reservation,
             device,
@@ -250,7 +250,7 @@ def plan_layers(
     placements: dict[int, Placement] = {}
     if device == "cuda":
         for lay, gpu in zip(walk[:n_gpu], _split(walk[:n_gpu], gpu_budgets, reservations), strict=True):
-            placements[lay.index] = Placement(lay.name, lay.index, "gpu", gpu, lay.dense_bytes)
+            placements[lay.index] = Placement(lay.name, lay.index, "gpu", gpu, lay.resident_bytes)
         rest = walk[n_gpu:]
         n_cpu = _fit_ram(rest, ram_bytes, staging)
         host = [
@@ -267,7 +267,7 @@ def plan_layers(
         rest = rest[n_cpu:]
     else:
         for lay in walk[:n_gpu]:
-            placements[lay.index] = Placement(lay.name, lay.index, "cpu", None, lay.dense_bytes)
+            placements[lay.index] = Placement(lay.name, lay.index, "cpu", None, lay.resident_bytes)
         rest = walk[n_gpu:]
     for lay in rest:
         placements[lay.index] = Placement(lay.name, lay.index, "disk", None, lay.file_bytes)
@@ -383,11 +383,11 @@ def _packs(layers: list[LayerSpec], budgets: list[int], reservations: list[Reser
     free[0] -= sum(r.size_bytes for r in reservations if r.where == "gpu 0")
     gpu = 0
     for lay in layers:
-        while gpu < len(free) and lay.dense_bytes > free[gpu]:
+        while gpu < len(free) and lay.resident_bytes > free[gpu]:
             gpu += 1
         if gpu == len(free):
             return False
-        free[gpu] -= lay.dense_bytes
+        free[gpu] -= lay.resident_bytes
     return free[0] >= 0
 
 
@@ -398,26 +398,26 @@ def _split(layers: list[LayerSpec], budgets: list[int], reservations: list[Reser
         return [0] * len(layers)
     free = list(budgets)
     free[0] -= sum(r.size_bytes for r in reservations if r.where == "gpu 0")
-    total, bounds, acc = sum(lay.dense_bytes for lay in layers), [], 0.0
+    total, bounds, acc = sum(lay.resident_bytes for lay in layers), [], 0.0
     for b in budgets:
         acc += b / sum(budgets)
         bounds.append(acc)
     gpus, placed = [], 0
     for lay in layers:
-        middle = (placed + lay.dense_bytes / 2) / max(total, 1)  # where the layer's middle falls
+        middle = (placed + lay.resident_bytes / 2) / max(total, 1)  # where the layer's middle falls
         gpus.append(next(g for g, bound in enumerate(bounds) if middle <= bound + 1e-12))
-        placed += lay.dense_bytes
+        placed += lay.resident_bytes
     used = [
-        sum(lay.dense_bytes for lay, g in zip(layers, gpus, strict=True) if g == k)
+        sum(lay.resident_bytes for lay, g in zip(layers, gpus, strict=True) if g == k)
         for k in range(len(budgets))
     ]
     if all(u <= f for u, f in zip(used, free, strict=True)):
         return gpus
     sequential, gpu = [], 0
     for lay in layers:
-        while lay.dense_bytes > free[gpu]:
+        while lay.resident_bytes > free[gpu]:
             gpu += 1
-        free[gpu] -= lay.dense_bytes
+        free[gpu] -= lay.resident_bytes
         sequential.append(gpu)
     return sequential
 

@@ -137,7 +137,7 @@ class StreamedWeights:
             "read": sum(lay.file_bytes for lay in streamed if tiers[lay.index] == "disk"),
             "copy": sum(lay.raw_slot_bytes for lay in streamed),
             "dequantize": sum(lay.dense_bytes for lay in streamed),
-            "resident": sum(lay.dense_bytes for lay in self.layers if lay not in streamed),
+            "resident": sum(lay.resident_bytes for lay in self.layers if lay not in streamed),
         }
 
     def close(self) -> None:
@@ -295,11 +295,14 @@ def trace_pass(
     Args:
         model: a model from ``labkit.staging.load``.
         ids: the token ids of the pass.
-        cache: a KV cache to extend (``None``: no past).
+        cache: a KV cache to extend (``None``: a new one, as ``model.logits`` uses).
+    Returns:
+        Float32 logits ``(1, T, vocab)``, and the pass's ``Trace``.
     """
     weights = model.weights
     if not isinstance(weights, StreamedWeights):
         raise StagingError("trace_pass needs a model from labkit.staging.load (its weights stream)")
+    cache = model.new_cache() if cache is None else cache
     weights.stager.start_trace()
     logits = model.forward(ids, cache)  # type: ignore[arg-type]
     return logits, weights.stager.stop_trace()

@@ -88,8 +88,7 @@ class BudgetExplorer:
 
     def static(self) -> StaticView:
         """The panel's state as plain HTML, for readers without a kernel."""
-        figures = tuple(f for f in (self.figure, self.timeline) if f.data)
-        return StaticView(f"budget {self.budget.value} MiB", self.table.value, figures)
+        return StaticView(f"the plan for a budget of {self.budget.value} MiB", self.table.value)
 
 
 def _replace(target: go.FigureWidget, source: go.Figure) -> None:
