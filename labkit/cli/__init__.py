@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from labkit.cli import classroom, common, gguf, hierarchy, loading, quant, runtime, staging
+from labkit.cli import classroom, common, gguf, hierarchy, loading, quant, runtime, staging, tour
 from labkit.errors import LabkitError
 
 # Each entry: name -> function(subparsers) that adds the subcommand and sets ``func``.
@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "generate": runtime.add_generate,
     "perplexity": runtime.add_perplexity,
     "stage": staging.add_stage,
+    "tour": tour.add_tour,
     "student-copies": classroom.add_student_copies,
 }
 

@@ -4,9 +4,10 @@ Modules, in reading order:
 
 - ``records``  ``StageRecord`` (one stage, one type), ``VariantSummary`` (one type), ``JourneyReport``
 - ``predict``  each stage's time predicted from the tiers chapter 1 measured (modelled)
-- ``run``      ``run(types, budget_bytes=...)``: probe, quantize, inspect, load lazy and eager,
+- ``runner``   ``run(types, budget_bytes=...)``: probe, quantize, inspect, load lazy and eager,
                a staged pass, generate and score, type after type
 - ``claims``   the article's claims beside what this machine measured, and whether each held here
+- ``text``     the records as fixed-width text tables (terminal, notebooks)
 
 This package sits above the chapters it runs (hierarchy, quant, gguf, loading, runtime, staging)
 and below the figures, widgets and command line that show its records.
@@ -23,7 +24,8 @@ from __future__ import annotations
 from labkit.journey.claims import ClaimRow, claim_rows
 from labkit.journey.predict import Rates
 from labkit.journey.records import STAGES, JourneyReport, Machine, StageRecord, VariantSummary
-from labkit.journey.run import DEFAULT_BUDGET_BYTES, QUICK_TYPES, TYPES, check_request, run
+from labkit.journey.runner import DEFAULT_BUDGET_BYTES, QUICK_TYPES, TYPES, check_request, run
+from labkit.journey.text import claims_table, stage_table, variant_table
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
@@ -38,5 +40,8 @@ __all__ = [
     "StageRecord",
     "VariantSummary",
     "check_request",
+    "claims_table",
     "run",
+    "stage_table",
+    "variant_table",
 ]

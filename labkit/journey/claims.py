@@ -95,6 +95,10 @@ def _segments(report: JourneyReport) -> tuple[str, str]:
         return f"the staged run did not run: {report.missing[STAGED]}", NOT_MEASURABLE
     big, _ = _by_size(report)
     staged = report.stage(STAGED, big)
+    if staged.size_bytes == 0:
+        return f"{big}: {staged.what.split('; bytes')[0]}: the budget held every layer, nothing streamed", (
+            NOT_MEASURABLE
+        )
     text = (
         f"{big}: {staged.what.split('; bytes')[0]}; {_mb(staged.size_bytes)} streamed from the file in "
         f"{staged.measured_s:.2f} s (measured)"

@@ -282,9 +282,9 @@ class _Run:
                 summary.makespan_s,
                 seconds,
                 f"I/O only: {formula}",
-                f"one forward pass of {len(ids)} tokens, {plan.n_resident} of {len(plan.placements)} "
-                f"layers resident under a {budget_bytes / 1e6:.0f} MB RAM budget; bytes: read from "
-                "the file this pass",
+                f"one forward pass of {len(ids)} tokens (counted), {plan.n_resident} of "
+                f"{len(plan.placements)} layers resident (counted from the plan) under a "
+                f"{budget_bytes / 1e6:.0f} MB RAM budget (given); bytes: read from the file this pass",
                 f"critical lane: {summary.critical_lane}; the file is in the page cache (just loaded); "
                 "dequantize and compute lanes are not modelled",
             )
