@@ -238,6 +238,7 @@ def write_files(folder: Path, size_mib: int, q4km_mib: int) -> dict[str, Path]:
     from labkit.quant.requant import requantize
 
     folder.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # quantizing on a shared 2-core machine: OpenMP threads that spin collapse
     files: dict[str, Path] = {}
     for mib, quantized, containers in ((size_mib, "Q4_0", True), (q4km_mib, "Q4_K_M", False)):
         stem = folder / f"synthetic-{mib}MiB-seed0"

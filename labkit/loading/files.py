@@ -98,10 +98,10 @@ def write_as(gguf_path: str | os.PathLike[str], path: str | os.PathLike[str], co
 
 
 def _torch_save(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]) -> Path:
-    from labkit.gguf.writer import _atomic_file, _check_output_path
+    from labkit.gguf.atomic import atomic_output, check_output_path
 
     path = Path(path)
-    _check_output_path(path)
-    with _atomic_file(path) as out:
+    check_output_path(path)
+    with atomic_output(path) as out:
         torch.save(tensors, out)
     return path

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from labkit.errors import LoadError, MissingInputError
-from labkit.gguf.writer import _atomic_file, _check_output_path
+from labkit.gguf.atomic import atomic_output, check_output_path
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 HEADER_ALIGN = 8
@@ -165,7 +165,7 @@ def write(path: str | os.PathLike[str], tensors: Iterable[tuple[str, torch.Tenso
         LoadError: a tensor's dtype has no safetensors name, or a name repeats.
     """
     path = Path(path)
-    _check_output_path(path)
+    check_output_path(path)
     items = list(tensors)
     header: dict[str, dict] = {}
     position = 0
@@ -184,7 +184,7 @@ def write(path: str | os.PathLike[str], tensors: Iterable[tuple[str, torch.Tenso
         position += n_bytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % HEADER_ALIGN)
-    with _atomic_file(path) as out:
+    with atomic_output(path) as out:
         out.write(struct.pack("<Q", len(text)))
         out.write(text)
         for _, tensor in items:
