@@ -188,3 +188,18 @@ def test_cli_unknown_format_and_refused_pickle(tmp_path: Path, capsys: pytest.Ca
     torch.save({"f": print}, tmp_path / "code.pt")
     assert main(["load", str(tmp_path / "code.pt")]) == 2
     assert "safety feature" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not CAN_EVICT, reason="needs posix_fadvise, mincore and /proc/self/io")
+def test_cold_that_cannot_be_verified_runs_on_labelled(f16: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pages a process keeps mapped stay cached whatever fadvise says: then the run is not called cold."""
+    import mmap
+
+    with f16.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        pinned = sum(
+            mapped[i] for i in range(0, len(mapped), 4096)
+        )  # every page mapped here, in this process
+        record = loading.measure(f16, mode="lazy", cache="cold")
+        assert record.cache_state == UNVERIFIABLE and "still cached" in record.cache_evidence, pinned
+        assert main(["load", str(f16), "--cold", "--quiet"]) == 0
+    assert "--cold could not be verified here" in capsys.readouterr().err
