@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -97,7 +98,23 @@ def _run_child(
 ) -> tuple[dict, list[tuple[float, int]]]:
     """Start the child, sample its RSS until it exits, and return its JSON result and the samples."""
     command = [sys.executable, "-m", "labkit.loading.child", json.dumps(request)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Files, not pipes: a child that writes more than a pipe holds would block while we only sample it.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        samples = _sample(child, request, sample_every_s, timeout_s, on_sample)
+        out.seek(0)
+        err.seek(0)
+        return _parse_result(request, child.returncode, out.read(), err.read()), samples
+
+
+def _sample(
+    child: subprocess.Popen,
+    request: dict,
+    sample_every_s: float,
+    timeout_s: float,
+    on_sample: Callable[[float, int], None] | None,
+) -> list[tuple[float, int]]:
+    """Sample the child's RSS every ``sample_every_s`` until it exits (killed after ``timeout_s``)."""
     samples: list[tuple[float, int]] = []
     start = time.monotonic()
     try:
@@ -114,12 +131,12 @@ def _run_child(
             if on_sample is not None:
                 on_sample(samples[-1][0] - start, samples[-1][1])
             time.sleep(sample_every_s)
-        stdout, stderr = child.communicate()
+        child.wait()
     finally:
         if child.poll() is None:
             child.kill()
-            child.communicate()
-    return _parse_result(request, child.returncode, stdout, stderr), samples
+            child.wait()
+    return samples
 
 
 def _parse_result(request: dict, returncode: int, stdout: str, stderr: str) -> dict:
