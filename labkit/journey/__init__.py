@@ -4,6 +4,7 @@ Modules, in reading order:
 
 - ``records``  ``StageRecord`` (one stage, one type), ``VariantSummary`` (one type), ``JourneyReport``
 - ``predict``  each stage's time predicted from the tiers chapter 1 measured (modelled)
+- ``stages``   one method per stage: run it on one typed file, append its record
 - ``runner``   ``run(types, budget_bytes=...)``: probe, quantize, inspect, load lazy and eager,
                a staged pass, generate and score, type after type
 - ``claims``   the article's claims beside what this machine measured, and whether each held here
@@ -24,7 +25,8 @@ from __future__ import annotations
 from labkit.journey.claims import ClaimRow, claim_rows
 from labkit.journey.predict import Rates
 from labkit.journey.records import STAGES, JourneyReport, Machine, StageRecord, VariantSummary
-from labkit.journey.runner import DEFAULT_BUDGET_BYTES, QUICK_TYPES, TYPES, check_request, run
+from labkit.journey.runner import check_request, plan_budget, run
+from labkit.journey.stages import DEFAULT_BUDGET_BYTES, QUICK_TYPES, TYPES
 from labkit.journey.text import claims_table, stage_table, variant_table
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "VariantSummary",
     "check_request",
     "claims_table",
+    "plan_budget",
     "run",
     "stage_table",
     "variant_table",

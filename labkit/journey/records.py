@@ -89,6 +89,7 @@ class VariantSummary:
         resident_bytes: memory to keep every layer resident in the staged run (counted from its plan),
             or None without the staging chapter.
         sample: the text the model generated (measured: it ran).
+        path: where the typed file was kept (``run(keep_dir=...)``), or None when it was deleted.
     """
 
     qtype: str
@@ -101,6 +102,7 @@ class VariantSummary:
     eager_peak_rss_bytes: int | None
     resident_bytes: int | None
     sample: str
+    path: str | None = None
 
     KINDS: ClassVar[dict[str, str]] = {
         "file_bytes": "counted",
@@ -112,6 +114,7 @@ class VariantSummary:
         "eager_peak_rss_bytes": "measured",
         "resident_bytes": "counted",
         "sample": "measured",
+        "path": "given",
     }
 
     def as_row(self) -> dict[str, Any]:

@@ -13,22 +13,19 @@ fits a 1.5 GB machine. Files go to a temporary folder, deleted at the end (also 
 
 from __future__ import annotations
 
-import gc
 import math
 import os
-import platform
+import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from labkit import gguf, loading, runtime
-from labkit.errors import PlanError
+from labkit import gguf, runtime
+from labkit.errors import ModelError, OutputPathError, PlanError
 from labkit.hierarchy import probe
 from labkit.journey import predict
 from labkit.journey.records import (
@@ -44,309 +41,23 @@ from labkit.journey.records import (
     STAGED,
     STAGES,
     JourneyReport,
-    Machine,
     StageRecord,
     VariantSummary,
 )
+from labkit.journey.stages import (
+    CONTEXT_TOKENS,
+    DEFAULT_BUDGET_BYTES,
+    FULL,
+    QUICK,
+    QUICK_TYPES,
+    TYPES,
+    Stages,
+    describe_machine,
+    staging_module,
+    timed,
+)
 from labkit.modelfiles import default_model_path
 from labkit.quant.mixtures import resolve_type
-from labkit.quant.requant import requantize
-
-TYPES = ("Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "Q2_K")
-QUICK_TYPES = ("Q8_0", "Q4_0")
-PROMPT = "The weights travel from the disk to"
-CONTEXT_TOKENS = 256  # tokens of context the staged run reserves room for (activations + KV cache)
-DEFAULT_BUDGET_BYTES = (
-    192 << 20
-)  # the default model needs ~350 MB to be all resident: about half its layers stream
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How much work each stage does (``run(quick=True)`` picks the small column).
-
-    Attributes:
-        probe_bytes, probe_repeats: the probe's file size and timed runs.
-        text_chars: characters of the lab text scored for perplexity.
-        decode_tokens: decode steps timed; ``sample_tokens``: tokens of the printed sample.
-    """
-
-    probe_bytes: int
-    probe_repeats: int
-    text_chars: int
-    decode_tokens: int
-    sample_tokens: int
-
-
-FULL = Settings(probe_bytes=64 << 20, probe_repeats=3, text_chars=700, decode_tokens=8, sample_tokens=12)
-QUICK = Settings(probe_bytes=16 << 20, probe_repeats=1, text_chars=300, decode_tokens=4, sample_tokens=8)
-
-
-def describe_machine(folder: Path) -> Machine:
-    """The machine, read here: CPU model, cores this process may use, memory, GPU, versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return Machine(
-        cpu=cpu,
-        cores=cores,
-        torch_threads=torch.get_num_threads(),
-        memory_limit_bytes=_memory_limit_bytes(),
-        memory_available_bytes=probe.available_ram_bytes(),
-        disk_folder=str(folder),
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        python=platform.python_version(),
-        torch=torch.__version__,
-        platform=platform.platform(terse=True),
-    )
-
-
-def _memory_limit_bytes() -> int:
-    """The container's memory limit (cgroup v2, then v1), else the machine's RAM."""
-    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(name).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _timed(work: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = work()
-    return result, time.perf_counter() - start
-
-
-def _staging() -> Any:
-    """``labkit.staging`` if chapter 6 is installed (it is being written), else None."""
-    try:
-        from labkit import staging
-    except ImportError:
-        return None
-    return staging if hasattr(staging, "load") and hasattr(staging, "trace_pass") else None
-
-
-class _Run:
-    """One journey in progress: the rates to predict with, the records so far, the work folder."""
-
-    def __init__(self, source: Path, folder: Path, rates: predict.Rates, settings: Settings) -> None:
-        self.source, self.folder, self.rates, self.settings = source, folder, rates, settings
-        self.records: list[StageRecord] = []
-        self.missing: dict[str, str] = {}
-
-    def add(self, record: StageRecord) -> StageRecord:
-        self.records.append(record)
-        return record
-
-    def quantize(self, qtype: str) -> tuple[Path, dict[str, int]]:
-        report = requantize(self.source, self.folder / f"{self.source.stem}-{qtype}.gguf", qtype)
-        seconds, formula = predict.write_s(self.rates, report.src_size_bytes, report.dst_size_bytes)
-        types = Counter(p.dst_qtype for p in report.plans if len(p.shape) == 2)
-        self.add(
-            StageRecord(
-                QUANTIZE,
-                qtype,
-                report.dst_size_bytes,
-                report.elapsed_s,
-                seconds,
-                f"I/O only: {formula}",
-                "requantize the source (decode each block, encode it again) and write the file atomically; "
-                "bytes: the file written",
-                "the prediction leaves out the quantizer's arithmetic: the gap is compute, not I/O",
-            )
-        )
-        return report.dst_path, dict(types.most_common())
-
-    def inspect(self, qtype: str, path: Path) -> None:
-        def parse() -> tuple[int, int]:
-            with gguf.open(path) as f:
-                return f.data_offset, len(f.tensors)
-
-        (header_bytes, n_tensors), elapsed_s = _timed(parse)
-        seconds, formula = predict.read_s(self.rates, header_bytes, cold=False)
-        self.add(
-            StageRecord(
-                INSPECT,
-                qtype,
-                header_bytes,
-                elapsed_s,
-                seconds,
-                formula,
-                f"open the file and parse header, metadata and {n_tensors} tensor infos; "
-                "bytes: everything before the tensor data",
-                "the file was just written, so its header is in the page cache",
-            )
-        )
-
-    def load(self, qtype: str, path: Path) -> int:
-        """Lazy, then eager, each in a fresh process from a cold cache; return the eager peak RSS added."""
-        from labkit.loading import COLD
-
-        lazy = loading.measure(path, mode="lazy", cache="cold")
-        cold = lazy.cache_state == COLD
-        state = f"cache before the load: {lazy.cache_state} ({lazy.cache_evidence})"
-        seconds, formula = predict.read_s(self.rates, lazy.file_size_bytes - lazy.tensor_bytes, cold=cold)
-        self.add(
-            StageRecord(
-                OPEN,
-                qtype,
-                lazy.file_size_bytes - lazy.tensor_bytes,
-                lazy.open_s,
-                seconds,
-                formula,
-                "map the file and parse its header: no tensor byte read yet; "
-                "bytes: the file minus its tensor data",
-                state,
-            )
-        )
-        seconds, formula = predict.read_s(self.rates, lazy.tensor_bytes, cold=cold)
-        self.add(
-            StageRecord(
-                LAZY,
-                qtype,
-                lazy.tensor_bytes,
-                lazy.all_touched_s,
-                seconds,
-                formula,
-                "mmap, then touch every page of every tensor (page faults read them); bytes: the tensors",
-                state,
-            )
-        )
-        eager = loading.measure(path, mode="eager", cache="cold")
-        cold = eager.cache_state == COLD
-        seconds, formula = predict.eager_s(self.rates, eager.file_size_bytes, eager.tensor_bytes, cold=cold)
-        self.add(
-            StageRecord(
-                EAGER,
-                qtype,
-                eager.tensor_bytes,
-                eager.all_touched_s,
-                seconds,
-                formula,
-                "pread every tensor into newly allocated memory, then touch it; bytes: the tensors",
-                f"cache before the load: {eager.cache_state} ({eager.cache_evidence}); "
-                f"peak RSS added: {eager.added_peak_rss_bytes / 1e6:.0f} MB (measured)",
-            )
-        )
-        return eager.added_peak_rss_bytes
-
-    def staged(self, qtype: str, path: Path, budget_bytes: int | None, model_hop: bool) -> int | None:
-        """One forward pass with the layers beyond ``budget_bytes`` streamed; return the all-resident bytes."""
-        staging = _staging()
-        if staging is None or budget_bytes is None:
-            why = (
-                "chapter 6 (labkit.staging) is not installed here yet"
-                if staging is None
-                else "no budget was given"
-            )
-            self.missing[STAGED] = why
-            self.add(
-                StageRecord(
-                    STAGED,
-                    qtype,
-                    0,
-                    None,
-                    None,
-                    "",
-                    "one forward pass under a RAM budget",
-                    f"did not run: {why}",
-                )
-            )
-            return None
-        model = staging.load(path, ram=budget_bytes, dtype=torch.bfloat16, context_tokens=CONTEXT_TOKENS)
-        try:
-            ids = model.prompt_ids(PROMPT)
-            _, trace = staging.trace_pass(model, ids)
-            moved = model.weights.bytes_per_pass()
-            plan = model.weights.plan
-        finally:
-            model.weights.close()
-        summary = trace.summary()
-        seconds, formula = predict.total(
-            predict.read_s(self.rates, moved["read"], cold=False),
-            predict.term(moved["copy"], self.rates.ram_copy),
-        )
-        self.add(
-            StageRecord(
-                STAGED,
-                qtype,
-                moved["read"],
-                summary.makespan_s,
-                seconds,
-                f"I/O only: {formula}",
-                f"one forward pass of {len(ids)} tokens (counted), {plan.n_resident} of "
-                f"{len(plan.placements)} layers resident (counted from the plan) under a "
-                f"{budget_bytes / 1e6:.0f} MB RAM budget (given); bytes: read from the file this pass",
-                f"critical lane: {summary.critical_lane}; the file is in the page cache (just loaded); "
-                "dequantize and compute lanes are not modelled",
-            )
-        )
-        if model_hop:
-            seconds, formula = predict.hop_s(self.rates, moved["copy"])
-            self.add(
-                StageRecord(
-                    HOP,
-                    qtype,
-                    moved["copy"],
-                    None,
-                    seconds,
-                    formula,
-                    "the streamed layers' bytes copied RAM → VRAM once per pass",
-                    "modelled only: this run computes on the CPU, so no byte crossed a PCIe link",
-                )
-            )
-        return moved["resident"] + moved["dequantize"]
-
-    def run_model(self, qtype: str, path: Path, text: str) -> tuple[float, int, float, float, str]:
-        """Decode and score with dense bfloat16 weights: (perplexity, scored, tok/s, bound tok/s, sample)."""
-        model = runtime.load(path, dtype=torch.bfloat16)
-        ids = model.prompt_ids(PROMPT)
-        timing = runtime.time_decode(model, ids, self.settings.decode_tokens)
-        seconds, formula = predict.decode_s(self.rates, timing.weight_bytes_per_token, timing.n_tokens)
-        self.add(
-            StageRecord(
-                GENERATE,
-                qtype,
-                timing.weight_bytes_per_token * timing.n_tokens,
-                timing.elapsed_s,
-                seconds,
-                formula,
-                f"{timing.n_tokens} greedy decode steps at batch 1, weights dense "
-                "bfloat16; bytes: weights read",
-                "the prediction is the memory-bandwidth bound; labkit's runtime holds every type as dense "
-                "bfloat16, so every type reads the same bytes per token here (llama.cpp keeps them packed)",
-            )
-        )
-        sample = model.tokenizer.decode(model.generate(PROMPT, self.settings.sample_tokens))
-        start_s = time.perf_counter()
-        result = model.perplexity(text)
-        elapsed_s = time.perf_counter() - start_s
-        seconds, formula = predict.term(timing.weight_bytes_per_token, self.rates.ram_read)
-        self.add(
-            StageRecord(
-                PERPLEXITY,
-                qtype,
-                timing.weight_bytes_per_token,
-                elapsed_s,
-                seconds,
-                f"a lower bound: {formula}",
-                f"score {result.n_scored} tokens of the lab text in one pass; bytes: weights read once "
-                "for all the tokens together",
-                "a prompt pass is compute-bound (matrix × matrix): reading the weights is the small part",
-            )
-        )
-        bound = timing.bound_tokens_per_s(self.rates.ram_read.gb_per_s)
-        del model
-        gc.collect()
-        return result.perplexity, result.n_scored, timing.tokens_per_s, bound, sample
 
 
 def check_request(types: Sequence[str], budget_bytes: int | None) -> list[str]:
@@ -364,19 +75,47 @@ def check_request(types: Sequence[str], budget_bytes: int | None) -> list[str]:
     return list(types)
 
 
-def check_budget(source: Path, budget_bytes: int | None) -> None:
-    """Plan the staged run on the source before any work: ``PlanError`` gives the smallest budget that works."""
-    staging = _staging()
-    if staging is None or budget_bytes is None:
-        return
+def _plan_inputs(staging: Any, path: str | os.PathLike[str]) -> tuple[list[Any], int]:
+    """A file's layers (dense bfloat16 on the CPU) and the activations + KV reserve of a staged run."""
     from labkit.runtime.model import LlamaConfig
 
-    with gguf.open(source) as f:
+    with gguf.open(path) as f:
         shapes = {name: tuple(info.shape) for name, info in f.tensors.items()}
         config = LlamaConfig.from_gguf(f.metadata, shapes)
         layers = staging.layer_specs(f, dtype=torch.bfloat16)
-    reserve = staging.reserve_bytes(config, CONTEXT_TOKENS, torch.bfloat16)
+    return layers, staging.reserve_bytes(config, CONTEXT_TOKENS, torch.bfloat16)
+
+
+def check_budget(source: Path, budget_bytes: int | None) -> None:
+    """Plan the staged run on the source before any work: ``PlanError`` gives the smallest budget that works."""
+    staging = staging_module()
+    if staging is None or budget_bytes is None:
+        return
+    layers, reserve = _plan_inputs(staging, source)
     staging.plan_layers(layers, device="cpu", ram_bytes=budget_bytes, reserve_bytes=reserve)
+
+
+def plan_budget(
+    path: str | os.PathLike[str], budget_bytes: int, rates: predict.Rates
+) -> tuple[Any, float, str]:
+    """Plan a typed file's layers under a RAM budget, without running it.
+
+    Returns:
+        ``(plan, predicted_s, formula)``: the ``labkit.staging.Plan``, and the I/O of one pass
+        predicted from the probed tiers (modelled): streamed file bytes ÷ the page-cache read rate.
+
+    Raises:
+        PlanError: the budget is below what streaming needs (the message gives the smallest that works).
+        ModelError: chapter 6 (``labkit.staging``) is not installed here.
+    """
+    staging = staging_module()
+    if staging is None:
+        raise ModelError("planning a budget needs chapter 6 (labkit.staging), which is not installed here")
+    layers, reserve = _plan_inputs(staging, path)
+    plan = staging.plan_layers(layers, device="cpu", ram_bytes=budget_bytes, reserve_bytes=reserve)
+    streamed = sum(layers[i].file_bytes for i in plan.streamed)
+    seconds, formula = predict.read_s(rates, streamed, cold=False)
+    return plan, seconds, formula
 
 
 def _bars(enabled: bool, n_types: int) -> dict[str, Any]:
@@ -400,6 +139,7 @@ def run(
     source: str | os.PathLike[str] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
     model_hop: bool = True,
+    keep_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> JourneyReport:
     """Run the whole journey on one model, type after type, and return every stage's record.
@@ -411,6 +151,8 @@ def run(
         source: the model to start from (default: the default model).
         tmp_dir: where the typed files are written (a temporary folder inside it, removed at the end).
         model_hop: add the RAM → VRAM hop of each staged pass, modelled from the probe (labelled so).
+        keep_dir: an existing folder to keep the typed files in (``VariantSummary.path``); by
+            default each is deleted once its type is done.
         progress: one tqdm bar per stage, on stderr.
 
     Returns:
@@ -425,13 +167,14 @@ def run(
     settings = QUICK if quick else FULL
     source_path = Path(source) if source is not None else default_model_path()
     check_budget(source_path, budget_bytes)
+    keep = _keep_folder(keep_dir)
     bars = _bars(progress, len(wanted))
     try:
         with tempfile.TemporaryDirectory(prefix="labkit-journey-", dir=tmp_dir) as folder:
-            report, probe_s = _timed(
+            report, probe_s = timed(
                 lambda: probe.run(settings.probe_bytes, tmp_dir=folder, repeats=settings.probe_repeats)
             )
-            journey = _Run(source_path, Path(folder), predict.Rates.from_probe(report), settings)
+            journey = Stages(source_path, Path(folder), predict.Rates.from_probe(report), settings)
             journey.add(
                 StageRecord(
                     PROBE,
@@ -445,7 +188,9 @@ def run(
                 )
             )
             text = runtime.lab_text()[: settings.text_chars]
-            variants = [_one_type(journey, qtype, text, budget_bytes, model_hop, bars) for qtype in wanted]
+            variants = [
+                _one_type(journey, qtype, text, budget_bytes, model_hop, bars, keep) for qtype in wanted
+            ]
             machine = describe_machine(Path(folder).parent)
     finally:
         for bar in bars.values():
@@ -470,8 +215,23 @@ def _n_params(path: Path) -> int:
         return sum(math.prod(info.shape) for info in f.tensors.values())
 
 
+def _keep_folder(keep_dir: str | os.PathLike[str] | None) -> Path | None:
+    if keep_dir is None:
+        return None
+    folder = Path(keep_dir)
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OutputPathError(f"keep_dir {str(folder)!r} is not a writable folder; create it or pass another")
+    return folder
+
+
 def _one_type(
-    journey: _Run, qtype: str, text: str, budget_bytes: int | None, model_hop: bool, bars: dict[str, Any]
+    journey: Stages,
+    qtype: str,
+    text: str,
+    budget_bytes: int | None,
+    model_hop: bool,
+    bars: dict[str, Any],
+    keep: Path | None,
 ) -> VariantSummary:
     def tick(*stages: str) -> None:
         for stage in stages:
@@ -489,7 +249,21 @@ def _one_type(
     perplexity, n_scored, tokens_per_s, bound, sample = journey.run_model(qtype, path, text)
     tick(GENERATE, PERPLEXITY)
     file_bytes = path.stat().st_size
-    path.unlink()  # one typed file on disk at a time
+    kept = None
+    if keep is None:
+        path.unlink()  # one typed file on disk at a time
+    else:
+        kept = str(shutil.move(path, keep / path.name))
     return VariantSummary(
-        qtype, file_bytes, weight_types, perplexity, n_scored, tokens_per_s, bound, peak_rss, resident, sample
+        qtype,
+        file_bytes,
+        weight_types,
+        perplexity,
+        n_scored,
+        tokens_per_s,
+        bound,
+        peak_rss,
+        resident,
+        sample,
+        kept,
     )
