@@ -44,9 +44,9 @@ class JourneyExplorer:
         self.type = widgets.Dropdown(options=report.qtypes, value=report.qtypes[0], description="type")
         self.budget = widgets.IntSlider(
             value=ran // MB,
-            min=16,
+            min=1,
             max=max(resident // MB + 50, ran // MB),
-            step=8,
+            step=1,
             description="RAM budget MB",
             continuous_update=False,
             style={"description_width": "initial"},
