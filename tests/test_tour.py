@@ -165,6 +165,7 @@ def test_without_plotly_the_tour_says_how_to_get_the_report(
     assert "pip install plotly" in lines[0]
     assert not (tmp_path / REPORT_NAME).exists() and (tmp_path / "tour.json").exists()
     assert "did not run: no budget was given" in report.stage("staged run", "Q8_0").note
+    assert not report.stage("RAM → VRAM hop", "Q8_0").ran
 
 
 @pytest.mark.parametrize(

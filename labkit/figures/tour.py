@@ -45,8 +45,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _seconds(value: float | None, kind: str) -> str:
-    return _cell("not run here", None) if value is None else _cell(f"{value:.4g} s", kind)
+def _seconds(value: float | None, kind: str, missing: str) -> str:
+    return _cell(missing, None) if value is None else _cell(f"{value:.4g} s", kind)
 
 
 def _stage_rows(records: Sequence[StageRecord]) -> list[list[str]]:
@@ -55,8 +55,8 @@ def _stage_rows(records: Sequence[StageRecord]) -> list[list[str]]:
             _cell(r.stage),
             _cell(r.qtype or "all", "given"),
             _cell(f"{r.size_bytes:,} bytes", "counted"),
-            _seconds(r.measured_s, "measured"),
-            _seconds(r.predicted_s, "modelled"),
+            _seconds(r.measured_s, "measured", "not run here"),
+            _seconds(r.predicted_s, "modelled", "no model"),
             _cell(r.prediction or "—", "labelled" if r.prediction else None),
             _cell(r.what, "counted"),  # the stage's setup: tokens, layers, budget
             _cell(r.note, "measured"),  # cache evidence, peaks, critical lane

@@ -234,6 +234,19 @@ class Stages:
                     f"did not run: {why}",
                 )
             )
+            if model_hop:
+                self.add(
+                    StageRecord(
+                        HOP,
+                        qtype,
+                        0,
+                        None,
+                        None,
+                        "",
+                        "the streamed layers' bytes, RAM → VRAM",
+                        f"did not run: {why}",
+                    )
+                )
             return None
         model = staging.load(path, ram=budget_bytes, dtype=torch.bfloat16, context_tokens=CONTEXT_TOKENS)
         try:
