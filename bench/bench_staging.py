@@ -39,6 +39,7 @@ from _common import machine, other_cpu_share
 from labkit import gguf, staging
 from labkit.modelfiles import default_model_path, synthetic_llama
 from labkit.runtime.timing import time_decode
+from labkit.runtime.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "staging.md"
 MiB = 1 << 20
@@ -231,16 +232,27 @@ def child_rss(path: str, ram: int, dtype: str, n_tokens: int) -> None:
     model = staging.load(path, ram=ram, dtype=getattr(torch, dtype), context_tokens=64)
     time_decode(model, PROMPT, n_tokens)
     peak = peak_rss_bytes() or 0
+    before = _rss_bytes()
+    with gguf.open(path) as f:  # one more tokenizer: what the model's own costs, outside the plan
+        extra = Tokenizer.from_metadata(f.metadata)
+    tokenizer = _rss_bytes() - before
+    del extra
+    plan = model.weights.plan
     print(
         json.dumps(
             {
                 "baseline": baseline,
                 "peak": peak,
-                "plan_bytes": model.weights.plan.memory_bytes,
-                "n_resident": model.weights.plan.n_resident,
+                "plan_bytes": plan.memory_bytes,
+                "n_resident": plan.n_resident,
+                "tokenizer": tokenizer,
             }
         )
     )
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
 
 
 def memory_section(cases: list[tuple[str, Path, int, str]], n_tokens: int) -> list[dict]:
@@ -318,12 +330,14 @@ def report(peer: dict, curves: list[dict], overlaps: list[dict], memory: list[di
         "",
         "## Memory: peak RSS over the RSS after imports, against the plan (child process)",
         "",
-        "| case | budget MiB | resident layers | plan MiB | peak - baseline MiB | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| case | budget MiB | resident layers | plan MiB | peak - baseline MiB | ratio "
+        "| tokenizer MiB (outside the plan) | ratio without it |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['label']} | {r['ram'] / MiB:.0f} | {r['n_resident']} | {r['plan_bytes'] / MiB:.1f} | "
-        f"{(r['peak'] - r['baseline']) / MiB:.1f} | {(r['peak'] - r['baseline']) / r['plan_bytes']:.2f} |"
+        f"{(r['peak'] - r['baseline']) / MiB:.1f} | {(r['peak'] - r['baseline']) / r['plan_bytes']:.2f} | "
+        f"{r['tokenizer'] / MiB:.1f} | {(r['peak'] - r['baseline'] - r['tokenizer']) / r['plan_bytes']:.2f} |"
         for r in memory
     ]
     return "\n".join(lines) + "\n"
