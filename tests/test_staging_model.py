@@ -206,6 +206,18 @@ def test_trace_invariants(q8_model, reference, n_slots, n_staging, chunk_bytes):
     model.weights.close()
 
 
+@pytest.mark.parametrize("io", ["pread", "odirect"])
+def test_cold_and_odirect_passes_read_the_same_bytes(q8_model, reference, io):
+    try:
+        model = staging.load(q8_model, ram=STREAM_RAM, chunk_bytes=CHUNK, io=io)
+    except StagingError:
+        pytest.skip("this file system refuses O_DIRECT")
+    logits, trace = staging.trace_pass(model, IDS, cold=True)
+    assert torch.equal(logits[0], reference)
+    assert any("cold (evicted first)" in note for note in trace.notes)
+    model.weights.close()
+
+
 def test_a_modelled_link_is_honest(q8_model, reference):
     link = LINK_PRESETS["pcie4-x16-pinned"]
     layers = staging.load(q8_model).weights.layers

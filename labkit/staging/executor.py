@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -503,9 +503,14 @@ class Stager:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def start_trace(self) -> None:
-        """Begin recording one pass from an empty pipeline: the next ``enter`` starts the clock's pass."""
+    def start_trace(self, before_start: Callable[[], object] | None = None) -> None:
+        """Begin recording one pass from an empty pipeline: the next ``enter`` starts the clock's pass.
+
+        ``before_start`` runs while the workers are stopped (e.g. evicting the file from the page cache).
+        """
         self._stop_workers()
+        if before_start is not None:
+            before_start()
         self.spans, self._events, self.recording = [], [], True
         reset_peak_rss()
         if self.cuda:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -288,7 +289,7 @@ def load(
 
 
 def trace_pass(
-    model: Model, ids: Sequence[int] | torch.Tensor, cache: object = None
+    model: Model, ids: Sequence[int] | torch.Tensor, cache: object = None, *, cold: bool = False
 ) -> tuple[torch.Tensor, Trace]:
     """Run one forward pass from an empty pipeline and return ``(logits, trace)``.
 
@@ -296,13 +297,31 @@ def trace_pass(
         model: a model from ``labkit.staging.load``.
         ids: the token ids of the pass.
         cache: a KV cache to extend (``None``: a new one, as ``model.logits`` uses).
+        cold: evict the file from the page cache first (``posix_fadvise(DONTNEED)``), so that the
+            streamed layers come from the device; the trace's notes say how much was still cached
+            (``mincore``) and how many bytes the device delivered (``/proc/self/io``).
     Returns:
         Float32 logits ``(1, T, vocab)``, and the pass's ``Trace``.
     """
+    from labkit.hierarchy.pagecache import device_read_bytes, evict, resident_fraction
+
     weights = model.weights
     if not isinstance(weights, StreamedWeights):
         raise StagingError("trace_pass needs a model from labkit.staging.load (its weights stream)")
     cache = model.new_cache() if cache is None else cache
-    weights.stager.start_trace()
+    weights.stager.start_trace(before_start=(lambda: evict(weights.path)) if cold else None)
+    cached, device_before = resident_fraction(weights.path), device_read_bytes()
     logits = model.forward(ids, cache)  # type: ignore[arg-type]
-    return logits, weights.stager.stop_trace()
+    trace = weights.stager.stop_trace()
+    device_after = device_read_bytes()
+    state = "cold (evicted first)" if cold else "warm"
+    note = (
+        f"page cache: {state}; mincore: {cached:.1%} of the file cached as the pass began"
+        if cached is not None
+        else (f"page cache: {state}; not verifiable here (no mincore)")
+    )
+    if device_before is not None and device_after is not None:
+        note += (
+            f"; /proc/self/io: {device_after - device_before:,} bytes read from the device during the pass"
+        )
+    return logits, replace(trace, notes=(*trace.notes, note))
