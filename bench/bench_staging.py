@@ -225,7 +225,7 @@ def overlap_section(
 
 def child_rss(path: str, ram: int, dtype: str, n_tokens: int) -> None:
     """Run in a child: RSS after imports, then the peak while loading and decoding (printed as JSON)."""
-    from labkit.staging.executor import peak_rss_bytes, reset_peak_rss
+    from labkit.staging.slots import peak_rss_bytes, reset_peak_rss
 
     reset_peak_rss()
     baseline = peak_rss_bytes() or 0

@@ -5,6 +5,7 @@ Modules, in reading order:
 - ``layers``    each layer of a GGUF model: byte ranges in the file, tensors in a slot
 - ``plan``      where each layer lives (gpu / cpu / disk) under a VRAM and a RAM budget
 - ``reader``    chunked, page-aligned ``pread`` (optionally ``O_DIRECT``) into staging buffers
+- ``slots``     a layer's tensors as views of flat byte slots, and the dequantize step that fills them
 - ``executor``  the pipeline: read -> staging buffer -> device slot -> compute, overlapped
 - ``trace``     spans, the pass's summary, link models and projections for a GPU not present
 - ``streamed``  the real model streamed: a weights provider for ``labkit.runtime.Model``
