@@ -21,8 +21,7 @@ How, from best to fallback:
    write to the same folder removes every such file whose writer (PID) is gone (``sweep``).
 
 Either way the final step is ``rename`` over ``path``, which POSIX makes atomic: a reader
-sees the old file or the new one, never a mix. The same steps are llama.cpp's and
-safetensors' advice for safe saves, taken one step further for the interrupted case.
+sees the old file or the new one, never a mix (``man 2 rename``).
 """
 
 from __future__ import annotations

@@ -14,14 +14,15 @@ The policy here, in two parts:
    that Docker, Kubernetes and JupyterHub set), take away the CPUs other work keeps busy
    (sampled from ``/proc/stat`` over ``SAMPLE_S``), and use what is left, at least one.
 2. **Wait policy** (``apply``): ``OMP_WAIT_POLICY=PASSIVE``, so a thread with nothing to do
-   sleeps at once instead of spinning. It must be set before OpenMP starts (before ``import
-   torch``); a value you set yourself is kept.
+   sleeps at once instead of spinning (torch's Linux wheels use GNU libgomp, whose default is to
+   spin 300,000 times first). It must be set before OpenMP starts (before ``import torch``); a
+   value you set yourself is kept.
 
 Measured on the lab's 2-core machine: ``bench/bench_concurrency.py`` and ``bench/RESULTS.md``.
 
 References: ``sched_getaffinity(2)``, ``proc(5)`` (``/proc/stat``), the kernel's
 ``Documentation/admin-guide/cgroup-v2.rst`` (``cpu.max``) and ``scheduler/sched-bwc.rst``
-(``cpu.cfs_quota_us``), GNU libgomp's ``OMP_WAIT_POLICY``.
+(``cpu.cfs_quota_us``), GNU libgomp's manual (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``).
 """
 
 from __future__ import annotations
