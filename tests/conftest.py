@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# labkit.runtime.load without a dtype measures the fastest one on this machine; tests pin float32
+# so that expected logits do not depend on the machine (tests/test_runtime_dtypes.py unpins it).
+os.environ.setdefault("LABKIT_DTYPE", "float32")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

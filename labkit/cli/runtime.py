@@ -50,12 +50,14 @@ def _load_model(args: argparse.Namespace) -> object:
     from labkit import runtime
 
     check_device(args.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = runtime.model.DTYPES.get(args.dtype)  # None for "auto": measured once per machine
     if args.vram is not None or args.ram is not None:  # a budget: stream the layers that do not fit
         from labkit.cli.staging import load_streamed
 
-        return load_streamed(args, dtype)
-    return runtime.load(args.file, device=args.device, dtype=dtype, weights=args.weights)
+        return load_streamed(args, dtype or torch.float32)
+    return runtime.load(
+        args.file, device=args.device, dtype=dtype, weights=args.weights, activations=args.activations
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +68,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default="dequantized",
         help="keep weights as floats (fast) or as quantized bytes dequantized per block (small)",
     )
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="compute dtype (default auto: the fastest that keeps float32's top-1 tokens, measured once "
+        "per machine and cached; --verbose shows the measurement)",
+    )
+    parser.add_argument(
+        "--activations",
+        choices=["float", "q8"],
+        default="float",
+        help="q8: round each quantized matmul's input to 8-bit blocks, as llama.cpp's CPU kernels do",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_threads_option(parser)
     from labkit.cli.staging import add_budget_options
@@ -77,6 +91,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
 
     model = _load_model(args)
+    if args.verbose and hasattr(model, "summary"):
+        print(model.summary(), file=sys.stderr)
     ids: list[int] = []
     printed, start = "", time.perf_counter()
     for token in model.stream(args.prompt, args.n, args.temperature, args.seed, chat=args.chat):  # type: ignore[attr-defined]
@@ -112,6 +128,11 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--quiet", action="store_true", help="no timing line on stderr")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="first print the model's summary (dtype choice and why) on stderr",
+    )
     parser.set_defaults(func=_run_generate)
 
 

@@ -30,28 +30,42 @@ Equal to llama.cpp? On an F32 copy of the default model the logits agree to ~0.0
 On the Q4_1 file they differ by ~0.15 on average, because llama.cpp's CPU kernels
 round the activations to 8 bits (Q8_1 blocks) before every quantized matmul; the
 top-1 token is still the same at every position of the test prompt, and on other
-text can differ only at near-ties (tests/test_model_llama_cpp.py).
+text can differ only at near-ties (tests/test_model_llama_cpp.py). With
+``load(..., activations="q8")`` labkit rounds them the same way (``labkit.runtime.activations``),
+and keeps its KV cache in float16 as llama.cpp does. Given bit-identical inputs that reproduces
+llama.cpp's products (its head's logits to 1e-5), but over a whole model ulp-level differences in
+norms, softmax and RoPE move a few values across 8-bit rounding boundaries, and those steps add
+up: the logits do NOT follow llama.cpp's to 0.02 (measured in bench/results/runtime.md).
+
+Which compute dtype is fastest depends on the CPU; ``load(path)`` without a ``dtype``
+measures it once per machine and remembers it (``labkit.runtime.dtypes``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from labkit.errors import ModelError
+from labkit.runtime.activations import ActivationPart, activation_plan, quantized_linear
 from labkit.runtime.kvcache import KVCache
 from labkit.runtime.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
 from labkit.runtime.transfers import NullLog, TransferLog
 from labkit.runtime.weights import Weights
 
+if TYPE_CHECKING:
+    from labkit.runtime.dtypes import DtypeChoice
+
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
+ACTIVATION_MODES = ("float", "q8")  # q8: rounded as llama.cpp's CPU kernels round them
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_TENSORS = (
     "attn_norm",
     "attn_q",
@@ -138,16 +152,23 @@ class PerplexityResult:
 def load(
     path: str | Path,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     weights: str = "dequantized",
+    *,
+    activations: str = "float",
 ) -> Model:
     """Load a llama-architecture GGUF file into a runnable ``Model``.
 
     Args:
         path: the ``.gguf`` file.
         device: ``"cpu"`` or ``"cuda"`` (weights are copied there once).
-        dtype: compute dtype of the matmul weights (``torch.float32`` or ``torch.bfloat16``).
+        dtype: compute dtype of the matmul weights (``torch.float32``, ``torch.bfloat16`` or
+            ``torch.float16``). ``None``: the fastest of the three on this machine whose top-1 tokens
+            equal float32's, measured once and cached (``labkit.runtime.dtypes``; the choice and its
+            reason are in ``model.summary()``). With ``activations="q8"``, ``None`` means float32.
         weights: ``"dequantized"`` (dense floats) or ``"quantized"`` (packed bytes, dequantized per block).
+        activations: ``"float"`` (default) or ``"q8"``: round each quantized matmul's input to the
+            8-bit blocks llama.cpp's CPU kernels use (``labkit.runtime.activations``).
     Returns:
         The model, with its tokenizer and config.
     Raises:
@@ -160,10 +181,20 @@ def load(
         raise ModelError(f"no model file at {path}; pass the path of a .gguf file")
     if weights not in WEIGHT_MODES:
         raise ModelError(f"weights={weights!r}; choose one of {list(WEIGHT_MODES)}")
+    if activations not in ACTIVATION_MODES:
+        raise ModelError(f"activations={activations!r}; choose one of {list(ACTIVATION_MODES)}")
     if _device_type(device) == "cuda" and not torch.cuda.is_available():
         raise ModelError("device='cuda' was asked for, but this torch sees no CUDA GPU; use device='cpu'")
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ModelError(f"dtype={dtype}; choose torch.float32, torch.bfloat16 or torch.float16")
+    if dtype is not None and dtype not in DTYPES.values():
+        raise ModelError(f"dtype={dtype}; choose torch.float32, torch.bfloat16 or torch.float16 (or None)")
+    choice = None
+    if dtype is None and activations == "q8":
+        dtype = torch.float32  # the rounded activations times float32 weights are exact products
+    elif dtype is None:
+        from labkit.runtime.dtypes import choose_dtype
+
+        choice = choose_dtype(path, load=load, device=device, weights=weights)
+        dtype = DTYPES[choice.dtype]
     with gguf.open(path) as gguf_file:
         shapes = {name: tuple(info.shape) for name, info in gguf_file.tensors.items()}
         config = LlamaConfig.from_gguf(gguf_file.metadata, shapes)
@@ -176,7 +207,13 @@ def load(
             )
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
         store = Weights(gguf_file, names, mode=weights, dtype=dtype, device=torch.device(device))
-    return Model(config, tokenizer, store)
+        plan = activation_plan(gguf_file, names) if activations == "q8" else None
+    if plan is not None:
+        plan = {
+            name: [p if p.mins is None else replace(p, mins=p.mins.to(store.device)) for p in parts]
+            for name, parts in plan.items()
+        }
+    return Model(config, tokenizer, store, activations=plan, dtype_choice=choice)
 
 
 def _device_type(device: str | torch.device) -> str:
@@ -243,6 +280,30 @@ def causal_mask(n_new: int, n_total: int, device: torch.device) -> torch.Tensor 
     return torch.ones(n_new, n_total, dtype=torch.bool, device=device).tril(n_total - n_new)
 
 
+def attention_in_float16(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Grouped-query attention with llama.cpp's CPU roundings (no flash attention, float16 KV cache).
+
+    ggml multiplies a float16 matrix by a float32 one by first rounding the float32 side to float16
+    (F16's ``vec_dot_type``), so ``q`` is rounded before ``q k^T`` and the softmax weights before
+    ``@ v``; products and sums stay float32.
+
+    Args:
+        q: ``(B, H, T, D)``; k, v: ``(B, Hkv, S, D)`` (float16 from the cache); mask: ``(T, S)`` or ``None``.
+    Returns:
+        float32 ``(B, H, T, D)``.
+    """
+    B, H, T, D = q.shape
+    n_kv = k.shape[1]
+    q16 = q.to(torch.float16).float().reshape(B, n_kv, H // n_kv * T, D)  # (B, Hkv, group*T, D)
+    scores = q16 @ k.float().transpose(-1, -2) * (1.0 / D**0.5)  # (B, Hkv, group*T, S)
+    if mask is not None:
+        scores = scores.unflatten(2, (H // n_kv, T)).masked_fill(~mask, float("-inf")).flatten(2, 3)
+    weights = scores.softmax(dim=-1).to(torch.float16).float()
+    return (weights @ v.float()).reshape(B, H, T, D)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` computed in the weight's dtype, returned in ``x``'s dtype (the float32 residual stream)."""
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
@@ -256,9 +317,20 @@ class Model:
         >>> model.tokenizer.decode(model.generate("The capital of France is", 8))
     """
 
-    def __init__(self, config: LlamaConfig, tokenizer: Tokenizer, weights: Weights):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        tokenizer: Tokenizer,
+        weights: Weights,
+        *,
+        activations: dict[str, list[ActivationPart]] | None = None,
+        dtype_choice: DtypeChoice | None = None,
+    ):
         self.config, self.tokenizer, self.weights = config, tokenizer, weights
         self.device, self.dtype = weights.device, weights.dtype
+        self.activations = activations  # stored name -> how its input is rounded; None: plain floats
+        self.dtype_choice = dtype_choice  # why load() picked self.dtype, when the caller did not
+        self._rotations = torch.empty(0, config.rope_dim // 2, dtype=torch.complex64, device=self.device)
         self.head_name = "token_embd.weight" if config.tied_embeddings else "output.weight"
         self.block_names = [
             {short: f"blk.{layer}.{short}.weight" for short in BLOCK_WEIGHTS}
@@ -268,6 +340,41 @@ class Model:
             sum(weights.stored_bytes(name) for name in names.values()) for names in self.block_names
         ]
 
+    def summary(self) -> str:
+        """A few lines on what is loaded and how it computes (the dtype choice and its measured reason)."""
+        c = self.config
+        dtype = str(self.dtype).removeprefix("torch.")
+        how = self.dtype_choice.reason if self.dtype_choice is not None else "chosen by the caller"
+        mode = "quantized bytes" if self.weights.packed else "dequantized floats"
+        activations = (
+            "rounded to llama.cpp's 8-bit blocks before each quantized matmul (activations='q8')"
+            if self.activations is not None
+            else "float32 (activations='float')"
+        )
+        return "\n".join(
+            [
+                f"llama: {c.n_layers} layers, dim {c.dim}, {c.n_heads} heads ({c.n_kv_heads} KV heads), "
+                f"vocab {c.vocab_size}, context {c.context_length}",
+                f"weights: {mode}, {self.weights.total_bytes / 1e6:.1f} MB resident on {self.device} (counted)",
+                f"compute dtype: {dtype} ({how})",
+                f"activations: {activations}",
+            ]
+        )
+
+    def _linear(self, x: torch.Tensor, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T`` for the stored matrix ``name``, its input rounded as llama.cpp does when asked."""
+        if self.activations is None or name not in self.activations:
+            return linear(x, weight)
+        return quantized_linear(x, weight, self.activations[name])
+
+    def rotations(self, start: int, end: int) -> torch.Tensor:
+        """RoPE rotations of positions ``start..end-1`` ``(T, rope_dim/2)``, from a table grown on demand."""
+        if end > self._rotations.shape[0]:
+            size = min(max(end, 2 * self._rotations.shape[0], 256), self.config.context_length)
+            positions = torch.arange(size, device=self.device)
+            self._rotations = rope_rotations(positions, self.config.rope_base, self.config.rope_dim)
+        return self._rotations[start:end]
+
     @property
     def weight_bytes_per_token(self) -> int:
         """Bytes of resident weights one decode step reads: every block's tensors, the norms and the head."""
@@ -275,15 +382,17 @@ class Model:
         return sum(self.weights.stored_bytes(name) for name in names)
 
     def new_cache(self, *, batch: int = 1, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache (``dtype`` defaults to the compute dtype; llama.cpp uses float16)."""
+        """An empty KV cache (``dtype`` defaults to the compute dtype, float16 with activations='q8')."""
         c = self.config
+        if dtype is None:  # llama.cpp's float16 cache when following its numerics
+            dtype = torch.float16 if self.activations is not None else self.dtype
         return KVCache(
             n_layers=c.n_layers,
             n_kv_heads=c.n_kv_heads,
             head_dim=c.head_dim,
             max_length=c.context_length,
             batch=batch,
-            dtype=dtype or self.dtype,
+            dtype=dtype,
             device=self.device,
         )
 
@@ -325,22 +434,22 @@ class Model:
         x = self.weights.rows("token_embd.weight", ids).float()  # (B, T, C) the residual stream, float32
         log.add("embedding rows read", ids.numel() * self.weights.row_bytes("token_embd.weight"))
         T, S = ids.shape[1], past + ids.shape[1]  # new positions, all positions
-        rotations = rope_rotations(torch.arange(past, S, device=self.device), c.rope_base, c.rope_dim)
+        rotations = self.rotations(past, S)  # (T, rope_dim/2)
         mask = causal_mask(T, S, self.device)  # shared by all blocks, like the rotations
         for layer in range(c.n_layers):
-            w = self._block_weights(layer, log)
+            w, names = self._block_weights(layer, log), self.block_names[layer]
             x = x + self._attention(
                 rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, rotations, mask, cache, log
             )
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            gate, up = linear(h, w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)  # (B, T, ffn_dim) each
-            x = x + linear(F.silu(gate) * up, w["ffn_down"])
+            gate, up = self._linear(h, names["ffn_gate_up"], w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)
+            x = x + self._linear(F.silu(gate) * up, names["ffn_down"], w["ffn_down"])  # (B, T, C)
             log.add("activations to next layer", x, layer=layer, source="cores", destination=log.memory)
         if cache is not None:
             cache.advance(ids.shape[1])
         x = rms_norm(x, self.weights.get("output_norm.weight"), c.rms_eps)
         head = self.weights.get(self.head_name)  # (vocab, C); dequantized now in "quantized" mode
-        logits = linear(x, head).float()  # (B, T, vocab)
+        logits = self._linear(x, self.head_name, head).float()  # (B, T, vocab)
         head_bytes = self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(
             self.head_name
         )
@@ -378,7 +487,8 @@ class Model:
         """Grouped-query self-attention of the ``T`` new positions over all ``S``: ``(B, T, C) -> (B, T, C)``."""
         c = self.config
         B, T, _ = h.shape
-        heads = linear(h, w["attn_qkv"]).unflatten(
+        names = self.block_names[layer]
+        heads = self._linear(h, names["attn_qkv"], w["attn_qkv"]).unflatten(
             -1, (c.n_heads + 2 * c.n_kv_heads, c.head_dim)
         )  # (B, T, H+2Hkv, D)
         qk = rope(heads[:, :, : c.n_heads + c.n_kv_heads], rotations)  # q and k heads turn by the same angles
@@ -394,11 +504,14 @@ class Model:
                 destination=log.memory,
             )
             log.add("kv read", 2 * k.numel() * k.element_size(), layer=layer)
-        # softmax(q k^T / sqrt(D), masked) v; enable_gqa: each KV head serves n_heads / n_kv_heads query heads
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True
-        )  # (B, H, T, D)
-        return linear(out.transpose(1, 2).reshape(B, T, c.dim), w["attn_output"])  # (B, T, C)
+        if self.activations is not None:
+            out = attention_in_float16(q, k, v, mask)  # (B, H, T, D), as llama.cpp's CPU kernels
+        else:  # softmax(q k^T / sqrt(D), masked) v; each KV head serves n_heads / n_kv_heads query heads
+            out = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True
+            )  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, c.dim)  # (B, T, C)
+        return self._linear(out, names["attn_output"], w["attn_output"])
 
     def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Float32 logits ``(T, vocab)`` for one whole sequence (through a temporary KV cache)."""

@@ -122,7 +122,7 @@ class Weights:
         self.mode, self.dtype, self.device = mode, dtype, device
         self.dense: dict[str, torch.Tensor] = {}
         self.packed: dict[str, list[Packed]] = {}
-        for name, parts in _storage_plan(names).items():
+        for name, parts in storage_plan(names).items():
             infos = [gguf_file.tensors[part] for part in parts]
             if mode == "quantized" and all(FORMATS[info.qtype].quantized for info in infos):
                 packed = [
@@ -193,7 +193,7 @@ def fused_name(name: str) -> str:
     return name
 
 
-def _storage_plan(names: Sequence[str]) -> dict[str, list[str]]:
+def storage_plan(names: Sequence[str]) -> dict[str, list[str]]:
     """Stored name -> the file tensors it holds, in row order (``FUSED`` gives the order)."""
     plan: dict[str, list[str]] = {}
     for name in names:
