@@ -15,5 +15,7 @@ python3 scripts/gpu_check_probe.py --size-mib 1024 --repeats 5 > "$out/probe.jso
 echo "probe exit $?"; cat "$out/probe.log"
 python3 scripts/gpu_check_runtime.py --tokens 32 --out "$out/runtime.json" > "$out/runtime.log" 2>&1
 echo "runtime exit $?"; tail -n 40 "$out/runtime.log"
-python3 -m pytest -q -m gpu tests/test_probe.py tests/test_model.py -p no:cacheprovider > "$out/pytest_gpu.log" 2>&1
+python3 scripts/gpu_check_graphs.py --tokens 64 --out "$out/graphs.json" > "$out/graphs.log" 2>&1
+echo "graphs exit $?"; tail -n 40 "$out/graphs.log"
+python3 -m pytest -q -m gpu tests/test_probe.py tests/test_model.py tests/test_runtime_graphs.py -p no:cacheprovider > "$out/pytest_gpu.log" 2>&1
 echo "pytest -m gpu exit $?"; tail -n 15 "$out/pytest_gpu.log"
