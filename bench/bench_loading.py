@@ -176,8 +176,8 @@ def cases(files: dict[str, Path], default: Path) -> list[tuple[str, Path, str, s
         rows += [(label, files[label], "readinto", "readinto", "eager")]
         if llama and label == "Q4_0 gguf":
             rows.append((label, files[label], "llama.cpp mmap", "llama_mmap", "lazy"))
-    small_f16 = next(label for label in files if label.startswith("F16 gguf "))
-    rows.append((small_f16, files[small_f16], "labkit lazy", None, "lazy"))
+    for small_f16 in (label for label in files if label.startswith("F16 gguf ")):  # the Q4_K_M pair's own F16
+        rows.append((small_f16, files[small_f16], "labkit lazy", None, "lazy"))
     path = files["F16 safetensors"]
     rows += [("F16 safetensors", path, f"labkit {m}", None, m) for m in ("eager", "lazy", "partial")]
     rows += [
@@ -248,7 +248,7 @@ def write_files(folder: Path, size_mib: int, q4km_mib: int) -> dict[str, Path]:
         small = Path(f"{stem}-{quantized}.gguf")
         if not small.exists():
             requantize(f16, small, quantized, progress=True)
-        suffix = "" if containers else f" {mib} MiB"
+        suffix = "" if containers or mib == size_mib else f" {mib} MiB"
         files[f"F16 gguf{suffix}"], files[f"{quantized} gguf"] = f16, small
         for container in ("safetensors", "pt") if containers else ():
             path = Path(f"{stem}-F16.{container}")
@@ -358,7 +358,7 @@ def targets(results: dict, size_mib: int) -> list[str]:
 def pair(results: dict) -> list[str]:
     lines = []
     for cache in ("cold", "warm"):
-        small_f16 = next(key[0] for key in results if key[0].startswith("F16 gguf "))
+        small_f16 = next((key[0] for key in results if key[0].startswith("F16 gguf ")), "F16 gguf")
         for big_label, small_label in (("F16 gguf", "Q4_0 gguf"), (small_f16, "Q4_K_M gguf")):
             big, small = (
                 results[(big_label, "labkit lazy", cache)],
