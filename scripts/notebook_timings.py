@@ -46,11 +46,14 @@ RESULTS = REPO / "docs" / "notebook_timings.json"
 BEGIN, END = "<!-- notebook-timings:begin -->", "<!-- notebook-timings:end -->"
 CELL_TIMEOUT_S = 600
 MiB = 1 << 20
-# Run in the kernel after the last cell: its own and its children's peak RSS (Linux: KiB).
+# Run in the kernel after the last cell: its own and its children's peak RSS (Linux: KiB), and the
+# CPU seconds (user + system) the kernel and its children used, which a busy machine inflates far less
+# than wall time.
 PEAK_CODE = (
     "import resource as _r, json as _j\n"
-    "print('LABKIT-PEAK', _j.dumps([_r.getrusage(_r.RUSAGE_SELF).ru_maxrss * 1024,"
-    " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss * 1024]))"
+    "_s, _c = _r.getrusage(_r.RUSAGE_SELF), _r.getrusage(_r.RUSAGE_CHILDREN)\n"
+    "print('LABKIT-PEAK', _j.dumps([_s.ru_maxrss * 1024, _c.ru_maxrss * 1024,"
+    " _s.ru_utime + _s.ru_stime + _c.ru_utime + _c.ru_stime]))"
 )
 
 
@@ -66,6 +69,7 @@ class Run:
     kernel_peak_rss_bytes: int | None
     children_peak_rss_bytes: int | None
     cgroup_peak_bytes: int | None
+    kernel_cpu_s: float | None = None  # user + system CPU seconds of the kernel and its children
 
 
 # --- the worker: runs one notebook, inside the limit ----------------------------------------------
@@ -85,7 +89,7 @@ def run_notebook(path: Path) -> dict:
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )
-    outcome, elapsed_s, peaks = "ok", None, [None, None]
+    outcome, elapsed_s, peaks = "ok", None, [None, None, None]
     with client.setup_kernel():
         start = time.perf_counter()
         try:
@@ -99,6 +103,9 @@ def run_notebook(path: Path) -> dict:
             return {"outcome": "killed (out of memory)", "run_all_s": None, "peaks": peaks}
         except CellTimeoutError:
             outcome = f"timeout (a cell ran over {CELL_TIMEOUT_S} s)"
+        except Exception as error:  # noqa: BLE001 - e.g. the kernel stopped answering while thrashing at the limit
+            outcome = f"did not finish: the kernel stopped answering ({type(error).__name__})"
+            return {"outcome": outcome, "run_all_s": None, "peaks": peaks}
         last = notebook.cells[-1]
         client.execute_cell(last, len(notebook.cells) - 1)
         text = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
@@ -128,7 +135,8 @@ class Limit:
 
     def __init__(self, limit_bytes: int, name: str) -> None:
         own = _own_cgroup()
-        self.version, self.folder = (own[0], own[1] / name) if own else ("", None)
+        self.version: str = own[0] if own else ""
+        self.folder: Path | None = own[1] / name if own else None
         if self.folder is not None:
             self.folder.mkdir()
             if self.version == "v2":
@@ -175,6 +183,9 @@ def measure(notebook: Path, limit_bytes: int) -> Run:
         done = subprocess.run(
             [sys.executable, __file__, "--worker", str(notebook)],
             preexec_fn=limit.enter,
+            # As the lab's image and hub config set it: idle OpenMP threads sleep instead of spinning,
+            # so a busy machine does not turn waiting into CPU time.
+            env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")},
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -188,9 +199,17 @@ def measure(notebook: Path, limit_bytes: int) -> Run:
         outcome = "killed (out of memory)" if done.returncode in (-9, 137) else f"worker failed: {tail}"
         return Run(notebook.name, limit_bytes, limit.how, outcome, None, None, None, peak)
     result = json.loads(lines[-1])
-    kernel, children = result["peaks"]
+    kernel, children, cpu_s = result["peaks"]
     return Run(
-        notebook.name, limit_bytes, limit.how, result["outcome"], result["run_all_s"], kernel, children, peak
+        notebook.name,
+        limit_bytes,
+        limit.how,
+        result["outcome"],
+        result["run_all_s"],
+        kernel,
+        children,
+        peak,
+        cpu_s,
     )
 
 
@@ -204,14 +223,16 @@ def _mib(value: int | None) -> str:
 def table(runs: list[Run], machine: str) -> str:
     """The guide's table: one row per notebook and limit."""
     rows = [
-        "| notebook | memory limit | result | run-all time | peak kernel RSS | peak cgroup use |",
-        "|---|---|---|---|---|---|",
+        "| notebook | memory limit | result | run-all time (wall) | kernel CPU time "
+        "| peak kernel RSS | peak cgroup use |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         elapsed = "–" if run.run_all_s is None else f"{run.run_all_s:.0f} s"
+        cpu = "–" if run.kernel_cpu_s is None else f"{run.kernel_cpu_s:.0f} s"
         fits = "fits" if run.outcome == "ok" else run.outcome
         rows.append(
-            f"| {run.notebook} | {run.limit_bytes / 2**30:g} GiB ({run.how}) | {fits} | {elapsed} "
+            f"| {run.notebook} | {run.limit_bytes / 2**30:g} GiB ({run.how}) | {fits} | {elapsed} | {cpu} "
             f"| {_mib(run.kernel_peak_rss_bytes)} | {_mib(run.cgroup_peak_bytes)} |"
         )
     fit_lines = []
