@@ -104,7 +104,9 @@ def run_notebook(path: Path) -> dict:
         except CellTimeoutError:
             outcome = f"timeout (a cell ran over {CELL_TIMEOUT_S} s)"
         except Exception as error:  # noqa: BLE001 - e.g. the kernel stopped answering while thrashing at the limit
-            outcome = f"did not finish: the kernel stopped answering ({type(error).__name__})"
+            outcome = (
+                f"did not finish: no reply from the kernel within {CELL_TIMEOUT_S} s ({type(error).__name__})"
+            )
             return {"outcome": outcome, "run_all_s": None, "peaks": peaks}
         last = notebook.cells[-1]
         client.execute_cell(last, len(notebook.cells) - 1)

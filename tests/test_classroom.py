@@ -15,7 +15,9 @@ name the exercise needs, transitively (found with ``ast``; a cell that assigns i
 use are skipped. If a slice misses a side effect (a file written by a skipped cell) and fails,
 the test falls back to every cell before the exercise and says so. In that kernel the stub's
 check must print the "not answered" verdict, with no traceback; then the exercise cell with
-its solution restored, and its check, must print "passed".
+its solution restored, and its check, must print "passed". Where an exercise checks a notebook's
+whole measured result (notebook 07's journey), the slice is most of the notebook: that is the price
+of checking the real thing.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from labkit.errors import OutputPathError, SolutionMarkerError
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CELL_TIMEOUT_S = 300
+CELL_TIMEOUT_S = 600  # a ceiling on a busy machine; notebook 07's journey cell is the longest
 VERDICT = re.compile(r"^[✅❌] (passed|not answered|not yet):", re.M)
 CHECK_CALL = re.compile(r"^(\w+\s*=\s*)?check_\w+\(", re.M)
 
