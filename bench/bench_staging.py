@@ -358,7 +358,7 @@ def main() -> None:
         path, ram, dtype, n_tokens = args.child_rss
         child_rss(path, int(ram), dtype, int(n_tokens))
         return
-    n_tokens, rounds = (2, 1) if args.quick or args.tiny else (8, 3)
+    n_tokens, rounds = (2, 1) if args.quick or args.tiny else (6, 3)
     if args.tiny:
         PEER_SHAPE.update(dim=128, n_heads=4, n_kv_heads=4, vocab_size=512)
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
@@ -369,11 +369,11 @@ def main() -> None:
             flush=True,
         )
         peer_path, default = Path(peer["path"]), default_model_path()
-        counts = [0, 31] if args.tiny else [0, 8, 16, 31] if args.quick else [0, 4, 8, 12, 16, 20, 24, 28, 31]
+        counts = [0, 31] if args.tiny else [0, 8, 16, 31] if args.quick else [0, 10, 20, 31]
         curves = curve_section(default, counts, torch.float32, n_tokens, "SmolLM2-135M Q4_1, float32")
         curves += curve_section(
             peer_path,
-            [0, 4, 8, 13] if args.quick else [0, 2, 4, 6, 8, 10, 13],
+            [0, 4, 8, 13] if args.quick else [0, 4, 8, 13],
             torch.float16,
             n_tokens,
             "synthetic F16 370 MB, float16",
