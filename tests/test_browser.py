@@ -406,6 +406,7 @@ def _tour_registered() -> bool:
 def test_tour_report_opens_offline_with_every_figure_drawn(tmp_path: Path, lab: Lab, browser: Any) -> None:
     """`labkit tour --quick` writes one self-contained HTML report; Chromium draws it without a network."""
     out = tmp_path / "tour"
+    out.mkdir()
     done = subprocess.run(
         [
             sys.executable,
