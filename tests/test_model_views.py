@@ -121,3 +121,13 @@ def test_speed_and_quality_figures(tmp_path: Path) -> None:
     quality = figures.quality_figure([{"qtype": "Q8_0", "file_bytes": 144_811_072, "perplexity": 30.0}])
     assert list(quality.data[0].text) == ["Q8_0"]
     assert list(quality.data[0].x) == [144.811072] and "on disk" in quality.layout.xaxis.title.text
+
+
+def test_q8_0_cache_counts_its_scales() -> None:
+    from labkit.runtime.kvcache import kv_cache_size_bytes
+
+    shape = {"n_layers": 30, "n_kv_heads": 3, "head_dim": 64, "context_length": 8192}
+    assert (
+        kv_cache_size_bytes(**shape, bytes_per_element=34 / 32)
+        == kv_cache_size_bytes(**shape, bytes_per_element=2) * 17 // 32
+    )

@@ -145,3 +145,11 @@ def test_single_token_is_closer_to_llama_cpp_with_q8(smol_q8, default_model: Pat
         float_mode = float((plain.logits([token])[-1].double() - theirs).abs().max())
         closer += q8 < float_mode
     assert closer >= 3  # measured: 0.20-0.35 with q8 against 0.46-0.83 without, on every token tried
+
+
+def test_bound_reading_follows_the_measured_fraction() -> None:
+    from labkit.runtime.timing import bound_reading
+
+    assert bound_reading(0.8).startswith("bandwidth-bound")
+    assert bound_reading(0.5).startswith("partly bandwidth-bound")
+    assert bound_reading(0.28).startswith("compute- or overhead-bound")

@@ -98,7 +98,7 @@ def kv_growth_figure(
     max_context: int,
     weight_bytes: int,
     batch: int = 1,
-    bytes_per_element: int = 2,
+    bytes_per_element: float = 2,
     marker_context: int | None = None,
 ) -> go.Figure:
     """KV cache bytes (modelled by the formula) against context length, with the weights' bytes as a line."""

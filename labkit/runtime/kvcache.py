@@ -26,7 +26,7 @@ def kv_cache_size_bytes(
     head_dim: int,
     context_length: int,
     batch: int = 1,
-    bytes_per_element: int = 2,
+    bytes_per_element: float = 2,
 ) -> int:
     """Bytes a full KV cache takes (the formula in the module docstring).
 
@@ -36,11 +36,12 @@ def kv_cache_size_bytes(
         head_dim: width of one head (``embedding_length // head_count``).
         context_length: positions cached.
         batch: sequences cached side by side.
-        bytes_per_element: 2 for float16/bfloat16, 4 for float32.
+        bytes_per_element: 2 for float16/bfloat16, 4 for float32, 34/32 = 1.0625 for llama.cpp's Q8_0
+            cache blocks (32 int8 values and one fp16 scale).
     Returns:
         The size in bytes.
     """
-    return 2 * n_layers * batch * context_length * n_kv_heads * head_dim * bytes_per_element
+    return round(2 * n_layers * batch * context_length * n_kv_heads * head_dim * bytes_per_element)
 
 
 class KVCache:

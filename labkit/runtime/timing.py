@@ -67,3 +67,23 @@ def time_decode(model: Model, prompt_ids: Sequence[int], n_tokens: int) -> Decod
     for _ in range(n_tokens):
         token = int(model.forward([token], cache)[0, -1].argmax())
     return DecodeTiming(n_tokens, time.perf_counter() - start_s, model.weight_bytes_per_token)
+
+
+def bound_reading(fraction: float) -> str:
+    """What a measured share of the bandwidth bound says about where decode time goes.
+
+    Args:
+        fraction: measured tokens/s divided by the modelled bound (``DecodeTiming.bound_tokens_per_s``).
+    Returns:
+        One sentence: bandwidth-bound (>= 70%), partly (35-70%), or compute-/overhead-bound (< 35%).
+    """
+    if fraction >= 0.7:
+        return (
+            "bandwidth-bound: the weights stream near the measured read rate, so fewer bytes would be faster"
+        )
+    if fraction >= 0.35:
+        return "partly bandwidth-bound: streaming the weights is a large share, compute and overhead the rest"
+    return (
+        "compute- or overhead-bound: far below the read rate, so fewer bytes alone would not make it faster; "
+        "the arithmetic and the per-operation overhead set the pace"
+    )

@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 from labkit.figures.runtime import kv_growth_figure
 from labkit.runtime.kvcache import kv_cache_size_bytes
 
-BYTES_PER_ELEMENT = {"float32": 4, "float16 / bfloat16": 2, "8-bit (q8_0-like)": 1}
+# Q8_0 (llama.cpp's --cache-type-k q8_0): blocks of 32 int8 values plus one fp16 scale, 34 bytes per 32.
+BYTES_PER_ELEMENT = {"float32": 4.0, "float16 / bfloat16": 2.0, "Q8_0 (34 bytes per 32 values)": 34 / 32}
 
 
 class KVCacheExplorer:
