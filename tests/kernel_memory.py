@@ -43,6 +43,8 @@ class RssSampler:
         self.peak_bytes = 0  # the process itself
         self.peak_with_children_bytes = 0  # the process plus all its descendants, summed
         self.samples = 0
+        self.label = ""  # what is running now (the watch sets the cell's name)
+        self.peak_label = ""  # what was running when the process's peak was sampled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-sampler-{pid}", daemon=True)
 
@@ -59,7 +61,8 @@ class RssSampler:
                 total += child.memory_info().rss
             except psutil.Error:  # a child that just exited
                 pass
-        self.peak_bytes = max(self.peak_bytes, own)
+        if own > self.peak_bytes:
+            self.peak_bytes, self.peak_label = own, self.label
         self.peak_with_children_bytes = max(self.peak_with_children_bytes, total)
         self.samples += 1
 
@@ -87,12 +90,14 @@ class NotebookPeak:
     peak_with_children_bytes: int
     limit_bytes: int
     samples: int
+    peak_cell: str = ""
 
     def line(self) -> str:
         verdict = "ok" if self.peak_bytes <= self.limit_bytes else "OVER"
         return (
-            f"{self.notebook}: kernel peak {self.peak_bytes / MiB:.0f} MiB (limit {self.limit_bytes / MiB:.0f} MiB, "
-            f"{verdict}); with child processes {self.peak_with_children_bytes / MiB:.0f} MiB; {self.samples} samples"
+            f"{self.notebook}: kernel peak {self.peak_bytes / MiB:.0f} MiB during {self.peak_cell or '?'} "
+            f"(limit {self.limit_bytes / MiB:.0f} MiB, {verdict}); with child processes "
+            f"{self.peak_with_children_bytes / MiB:.0f} MiB; {self.samples} samples"
         )
 
 
@@ -115,11 +120,14 @@ class KernelMemoryWatch:
 
     @pytest.hookimpl(trylast=True)  # after nbval's setup has started the kernel
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if not self._is_cell(item) or item.parent is None or item.parent.nodeid in self.samplers:
+        if not self._is_cell(item) or item.parent is None:
             return
-        pid = _kernel_pid(item.parent)
-        if pid is not None:
+        if item.parent.nodeid not in self.samplers:
+            pid = _kernel_pid(item.parent)
+            if pid is None:
+                return
             self.samplers[item.parent.nodeid] = RssSampler(pid).start()
+        self.samplers[item.parent.nodeid].label = item.name  # "Cell 7": nbval's name, as pytest prints it
 
     @pytest.hookimpl(tryfirst=True)  # before the notebook's teardown stops the kernel
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -133,7 +141,12 @@ class KernelMemoryWatch:
         sampler.stop()
         name = Path(str(item.parent.path)).name
         peak = NotebookPeak(
-            name, sampler.peak_bytes, sampler.peak_with_children_bytes, limit_bytes(name), sampler.samples
+            name,
+            sampler.peak_bytes,
+            sampler.peak_with_children_bytes,
+            limit_bytes(name),
+            sampler.samples,
+            sampler.peak_label,
         )
         self.peaks.append(peak)
         if peak.peak_bytes > peak.limit_bytes:

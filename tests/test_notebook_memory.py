@@ -108,4 +108,4 @@ def pytest_configure(config):
     )
     result = pytester.runpytest_subprocess("--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*01_big.ipynb: kernel peak * MiB (limit 200 MiB, OVER)*"])
+    result.stdout.fnmatch_lines(["*01_big.ipynb: kernel peak * MiB during Cell * (limit 200 MiB, OVER)*"])
