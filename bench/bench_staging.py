@@ -111,19 +111,30 @@ def hf_model(path: Path):  # noqa: ANN201 - a transformers model
     return model.to(torch.float16).eval()
 
 
+def disk_layers(device_map: dict, n_layers: int) -> int:
+    """How many decoder layers a device_map puts on disk (a module inherits its longest-prefix entry)."""
+
+    def place(name: str) -> object:
+        keys = [k for k in device_map if k == "" or name == k or name.startswith(k + ".")]
+        return device_map[max(keys, key=len)]
+
+    return sum(1 for i in range(n_layers) if place(f"model.layers.{i}") == "disk")
+
+
 def accelerate_peer(path: Path, offload: Path, n_disk: int = 8) -> tuple[object, int, dict]:
     """The peer model dispatched by accelerate, and the RAM budget at which ``n_disk`` layers go to disk."""
     from accelerate import dispatch_model, infer_auto_device_map
 
     model = hf_model(path)
-    for budget in range(MiB, 400 * MiB, MiB):
+    n_layers = model.config.num_hidden_layers
+    for budget in range(MiB, 1024 * MiB, MiB):
         device_map = infer_auto_device_map(
             model,
             max_memory={"cpu": budget, "disk": 1 << 40},
             no_split_module_classes=["LlamaDecoderLayer"],
             dtype=torch.float16,
         )
-        if sum(1 for k, v in device_map.items() if v == "disk" and "layers." in k) <= n_disk:
+        if disk_layers(device_map, n_layers) <= n_disk and device_map.get("model.embed_tokens") != "disk":
             break
     dispatched = dispatch_model(model, device_map=device_map, offload_dir=str(offload))
     return dispatched, budget, device_map
@@ -147,7 +158,7 @@ def peer_section(workdir: Path, n_tokens: int, rounds: int) -> dict:
     path = synthetic_llama(workdir / "peer-f16.gguf", **PEER_SHAPE)
     acc, budget, device_map = accelerate_peer(path, workdir / "offload")
     lab = staging.load(path, ram=budget, dtype=torch.float16, context_tokens=64)
-    acc_disk = sum(1 for k, v in device_map.items() if v == "disk" and "layers." in k)
+    acc_disk = disk_layers(device_map, PEER_SHAPE["n_layers"])
     rows = {"accelerate": [], "labkit": []}
     shares = []
     hf_decode_tokens_per_s(acc, 2), time_decode(lab, PROMPT, 2)  # warm-up: page cache, allocators, threads
