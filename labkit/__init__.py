@@ -11,6 +11,7 @@ The package reads as the lab's table of contents, one subpackage per chapter:
   (chapter 5)
 - ``staging``    a model larger than memory: placement under a budget, pipelined layer streaming
   (chapter 6)
+- ``journey``    the capstone: every stage on one model, measured beside predicted (chapter 7)
 
 Cross-cutting modules at the root:
 
@@ -18,11 +19,12 @@ Cross-cutting modules at the root:
 - ``modelfiles``  the default model, and synthetic llama-shaped GGUF files of any size
 - ``errors``      the one family of errors labkit raises
 - ``peers``       opening llama.cpp (optional) wherever labkit is checked against it
+- ``classroom``   student copies of the notebooks: every exercise's solution replaced by a stub
 - ``cli``         the ``labkit`` command line, one module per chapter
 
 On top, one module per chapter name: ``figures`` (plotly), ``widgets`` (ipywidgets) and ``checks``
 (the exercises' verdicts). Imports run one way: formats -> gguf -> runtime / loading / staging ->
-figures / widgets -> cli / notebooks; ``hierarchy`` stands alone. The core (everything but
+journey -> figures / widgets -> cli / notebooks; ``hierarchy`` stands alone. The core (everything but
 ``figures`` and ``widgets``) imports with torch, numpy and gguf only, plus tokenizers and jinja2 for
 the runtime.
 """
