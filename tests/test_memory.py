@@ -164,3 +164,17 @@ def test_probe_uses_the_cgroup_limit(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert probe.max_size_bytes() == int(GiB * 0.8 / probe.PEAK_BUFFERS) // MiB * MiB
     with pytest.raises(ProbeError, match="RAM"):
         probe.run(512 * MiB, tmp_dir=tmp_path)
+
+
+def test_release_freed_memory_returns_pages_to_the_os() -> None:
+    import psutil
+
+    from labkit.hierarchy.memory import release_freed_memory
+
+    process = psutil.Process()
+    block = [bytearray(64 << 10) for _ in range(1024)]  # 64 MiB in small heap blocks
+    held = process.memory_info().rss
+    del block
+    if not release_freed_memory():
+        pytest.skip("no glibc malloc_trim here")
+    assert process.memory_info().rss < held - (32 << 20)  # most of the 64 MiB went back

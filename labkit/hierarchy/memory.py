@@ -282,3 +282,31 @@ def safe_size_bytes(
     budget = read_memory() if budget is None else budget
     size = min(cap_bytes, int(budget.available_bytes * fraction))
     return max(align_bytes, size // align_bytes * align_bytes)
+
+
+def release_freed_memory() -> bool:
+    """Hand memory that Python has freed back to the operating system, so RSS shows it gone.
+
+    ``del model`` frees a model's tensors, but glibc's allocator keeps the freed pages for later
+    and the process's RSS (what a container's limit counts) stays high. ``gc.collect()`` drops
+    unreachable objects; glibc's ``malloc_trim(0)`` then returns free heap pages to the kernel.
+
+    Returns:
+        True when ``malloc_trim`` ran (glibc), False elsewhere (musl, macOS): then only
+        ``gc.collect()`` ran.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = libc.malloc_trim if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True
