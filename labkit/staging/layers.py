@@ -28,19 +28,9 @@ import torch
 from labkit.errors import ModelError
 from labkit.formats import FORMATS
 from labkit.gguf.codec import FLOAT_DTYPES
+from labkit.runtime.model import BLOCK_TENSORS  # a block's tensors, as in the file
 from labkit.runtime.weights import FUSED, fused_name
 
-BLOCK_TENSORS = (
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-)
 SLOT_ALIGN_BYTES = 64  # every tensor in a slot starts on a 64-byte boundary (any dtype's alignment)
 SLAB_FLOAT32_BYTES = 4 << 20  # a matrix is dequantized this many float32 bytes of rows at a time
 RUN_GAP_BYTES = 4096  # tensors at most this far apart in the file are read as one run (the gap with them)
