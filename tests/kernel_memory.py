@@ -4,7 +4,8 @@ The root ``conftest.py`` registers ``KernelMemoryWatch`` when nbval is active. W
 first cell is set up (nbval has just started its kernel), a thread starts sampling the kernel
 process's resident set size (RSS) with psutil every ``INTERVAL_S``; when its last cell is torn
 down (before nbval stops the kernel), the thread stops and the peak is compared with the
-notebook's limit. Over the limit, that teardown fails with the numbers; the terminal summary
+notebook's limit. Over the limit, that teardown fails with the numbers (after nbval has stopped
+the kernel, so the next notebook is not affected); the terminal summary
 lists every notebook's peak.
 
 The limit is on the kernel's own RSS, as the lab promises: 800 MiB at the widgets' defaults,
@@ -15,6 +16,7 @@ starts (a load measured in a fresh process) are reported beside it, not added to
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,15 +131,31 @@ class KernelMemoryWatch:
             self.samplers[item.parent.nodeid] = RssSampler(pid).start()
         self.samplers[item.parent.nodeid].label = item.name  # "Cell 7": nbval's name, as pytest prints it
 
-    @pytest.hookimpl(tryfirst=True)  # before the notebook's teardown stops the kernel
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        """Stop the notebook's sampler before nbval stops its kernel; judge the peak after.
+
+        The verdict is raised only once every other teardown (nbval's, which shuts the kernel
+        down) has run, so a notebook over its limit fails alone and the next one starts clean.
+        """
+        peak = self._stop_notebook(item, nextitem)
+        yield
+        if peak is not None and peak.peak_bytes > peak.limit_bytes:
+            pytest.fail(
+                f"{peak.line()}: the kernel's memory went past the lab's limit; lower the notebook's "
+                "default sizes (labkit.hierarchy.memory.safe_size_bytes) or free what it no longer needs",
+                pytrace=False,
+            )
+
+    def _stop_notebook(self, item: pytest.Item, nextitem: pytest.Item | None) -> NotebookPeak | None:
+        """The notebook's peak when ``item`` is its last cell, else None (sampling goes on)."""
         if not self._is_cell(item) or item.parent is None:
-            return
+            return None
         if nextitem is not None and nextitem.parent is item.parent:
-            return
+            return None
         sampler = self.samplers.pop(item.parent.nodeid, None)
         if sampler is None:
-            return
+            return None
         sampler.stop()
         name = Path(str(item.parent.path)).name
         peak = NotebookPeak(
@@ -149,12 +167,7 @@ class KernelMemoryWatch:
             sampler.peak_label,
         )
         self.peaks.append(peak)
-        if peak.peak_bytes > peak.limit_bytes:
-            pytest.fail(
-                f"{peak.line()}: the kernel's memory went past the lab's limit; lower the notebook's "
-                "default sizes (labkit.hierarchy.memory.safe_size_bytes) or free what it no longer needs",
-                pytrace=False,
-            )
+        return peak
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.peaks:

@@ -178,3 +178,39 @@ def test_release_freed_memory_returns_pages_to_the_os() -> None:
     if not release_freed_memory():
         pytest.skip("no glibc malloc_trim here")
     assert process.memory_info().rss < held - (32 << 20)  # most of the 64 MiB went back
+
+
+def test_return_large_frees_gives_a_freed_large_block_back_at_once() -> None:
+    """After a freed 32 MiB block, glibc would keep the next ones on its heap; the fixed threshold does not."""
+    import subprocess
+    import sys
+
+    script = """
+import psutil, sys
+from labkit.hierarchy.memory import return_large_frees
+if sys.argv[1] == "fixed" and not return_large_frees():
+    print("skip"); raise SystemExit
+process = psutil.Process()
+first = b"x" * (16 << 20); del first  # raises glibc's dynamic threshold to 16 MiB
+before = process.memory_info().rss
+blocks, pins = [], []
+for _ in range(8):  # 64 MiB of 8 MiB blocks, each followed by a live 256 KiB block that pins the heap's top
+    blocks.append(b"x" * (8 << 20)); pins.append(b"y" * (256 << 10))
+del blocks
+print(process.memory_info().rss - before)
+"""
+    held = {}
+    for mode in ("default", "fixed"):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        if out.stdout.strip() == "skip":
+            pytest.skip("no glibc mallopt here")
+        held[mode] = int(out.stdout)
+    assert held["fixed"] < 8 << 20  # the 64 MiB went back as each block was freed
+    assert held["default"] > held["fixed"] + (32 << 20)  # without it, most of it stayed in the process
+
+
+def test_return_large_frees_rejects_nonpositive_values() -> None:
+    from labkit.hierarchy.memory import return_large_frees
+
+    with pytest.raises(ProbeError, match="threshold_bytes=0"):
+        return_large_frees(0)

@@ -293,3 +293,17 @@ def test_cuda_matches_cpu_and_times_the_bus_hops(tiny_path: Path, tiny, weights:
     assert {r.hop for r in measured} == {"input ids in", "logits out"}
     assert all(r.elapsed_s is not None and r.elapsed_s > 0 for r in measured)
     assert {r.source for r in log.records if r.hop == "weights read"} == {"VRAM"}
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
+def test_summed_nll_matches_cross_entropy_without_a_second_array(scale: float) -> None:
+    """The in-place log-sum-exp gives F.cross_entropy's sum, even for logits large enough to overflow exp."""
+    import torch.nn.functional as F
+
+    from labkit.runtime.model import summed_nll
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 5000, generator=generator) * scale
+    targets = torch.randint(0, 5000, (40,), generator=generator)
+    expected = float(F.cross_entropy(logits.double(), targets, reduction="sum"))
+    assert summed_nll(logits.clone(), targets) == pytest.approx(expected, rel=1e-6)

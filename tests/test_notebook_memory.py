@@ -83,8 +83,11 @@ def test_limits_are_the_labs(notebook: str, limit: int) -> None:
     assert DEFAULT_LIMIT_BYTES == 800 * MiB and BIG_FILE_LIMIT_BYTES == 1536 * MiB
 
 
-def test_a_notebook_over_its_limit_fails(pytester: pytest.Pytester) -> None:
-    """Run nbval on a two-cell notebook that holds 300 MiB, with the limit lowered to 200 MiB."""
+def test_a_notebook_over_its_limit_fails_alone(pytester: pytest.Pytester) -> None:
+    """Run nbval on a two-cell notebook that holds 300 MiB, with the limit lowered to 200 MiB, then a small one.
+
+    The first fails on its last cell's teardown; the second still starts a clean kernel and passes.
+    """
     pytest.importorskip("nbval")
     import nbformat
 
@@ -94,6 +97,9 @@ def test_a_notebook_over_its_limit_fails(pytester: pytest.Pytester) -> None:
         nbformat.v4.new_code_cell("del block"),
     ]
     nbformat.write(notebook, pytester.path / "01_big.ipynb")
+    small = nbformat.v4.new_notebook()
+    small.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("assert x == 1")]
+    nbformat.write(small, pytester.path / "02_small.ipynb")
     tests_dir = Path(__file__).parent
     pytester.makeconftest(
         f"""
@@ -107,5 +113,7 @@ def pytest_configure(config):
 """
     )
     result = pytester.runpytest_subprocess("--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*01_big.ipynb: kernel peak * MiB during Cell * (limit 200 MiB, OVER)*"])
+    result.stdout.fnmatch_lines(["*02_small.ipynb: kernel peak * MiB during Cell * (limit 200 MiB, ok)*"])
+    assert "not torn down" not in result.stdout.str()

@@ -99,6 +99,23 @@ class GGUFFile:
         info = self._info(name)
         return codec.decode(self.raw(name), info.qtype, info.shape, dtype, name)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's mapped pages from this process's memory; they stay in the page cache.
+
+        Reading a mapped tensor makes its pages part of the process's resident set (RSS). A loader
+        that copies the bytes out (or decodes them) no longer needs them mapped: ``MADV_DONTNEED``
+        unmaps them from the process, so RSS counts the copy once, not twice. The file's pages stay
+        cached by the OS, and a later ``raw(name)`` simply maps them in again. Pages shared with a
+        neighbouring tensor are dropped too and come back the same way when touched.
+        """
+        info = self._info(name)
+        assert self._mmap is not None  # _info raised if closed
+        page = mmap.PAGESIZE
+        start = info.offset // page * page
+        end = min(self.file_size_bytes, align_up(info.offset + info.n_bytes, page))
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def _info(self, name: str) -> TensorInfo:
         if self._mmap is None:
             raise ClosedFileError(

@@ -34,7 +34,7 @@ Two load-time changes make batch-1 decoding faster without changing the math:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -126,10 +126,12 @@ class Weights:
             infos = [gguf_file.tensors[part] for part in parts]
             if mode == "quantized" and all(FORMATS[info.qtype].quantized for info in infos):
                 packed = [
-                    (gguf_file.raw(part).to(device, copy=True), info.qtype, tuple(info.shape))
+                    (gguf_file.raw(part), info.qtype, tuple(info.shape))
                     for part, info in zip(parts, infos, strict=True)
-                ]  # own copies of the bytes: the file can close
-                self.packed[name] = _stack_packed(packed)
+                ]  # views of the mapped file, copied once by _stack_packed: the file can close
+                self.packed[name] = [
+                    (raw.to(device), qtype, shape) for raw, qtype, shape in _stack_packed(packed)
+                ]
             elif len(infos[0].shape) == 1:
                 self.dense[name] = gguf_file.tensor(name).to(
                     device=device, dtype=torch.float32
@@ -140,6 +142,8 @@ class Weights:
                     for part, info in zip(parts, infos, strict=True)
                 ]
                 self.dense[name] = matmul_layout(torch.cat(floats) if len(floats) > 1 else floats[0])
+            for part in parts:
+                gguf_file.release(part)  # the bytes are copied or decoded: RSS need not count them twice
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor as floats: stored, or dequantized now from its packed bytes."""
@@ -150,6 +154,26 @@ class Weights:
             for raw, qtype, shape in self.packed[name]
         ]
         return torch.cat(floats) if len(floats) > 1 else floats[0]
+
+    def row_slabs(self, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first row, rows as floats)`` covering a 2-D tensor: the whole of it when stored dense;
+        when packed, slabs of ``SLAB_FLOAT32_BYTES`` of float32 dequantized one at a time, so a
+        caller that uses each slab and drops it never holds the whole matrix as floats (the tied
+        head of the default model: 56 MB as bfloat16)."""
+        if name in self.dense:
+            yield 0, self.dense[name]
+            return
+        first = 0
+        for raw, qtype, (n_rows, n_cols) in self.packed[name]:
+            rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
+            step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+            for start in range(0, n_rows, step):
+                slab = rows[start : start + step]
+                yield (
+                    first + start,
+                    dequantize_rows(slab, qtype, (slab.shape[0], n_cols), self.dtype, name=name),
+                )
+            first += n_rows
 
     def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of a 2-D tensor; when packed, only those rows' bytes are dequantized."""
@@ -208,9 +232,10 @@ def _row_order(name: str) -> int:
 
 
 def _stack_packed(parts: list[Packed]) -> list[Packed]:
-    """Stack the bytes of parts that share a qtype (rows of whole blocks), so one dequantize covers them."""
+    """Copies of the parts' bytes, stacked when they share a qtype (rows of whole blocks) so one
+    dequantize covers them."""
     if len({qtype for _, qtype, _ in parts}) > 1:
-        return parts  # e.g. attn_v kept in a finer type: dequantize the parts one by one
+        return [(raw.clone(), qtype, shape) for raw, qtype, shape in parts]  # e.g. attn_v in a finer type
     raw = torch.cat([raw.reshape(-1) for raw, _, _ in parts])
     n_rows = sum(shape[0] for _, _, shape in parts)
     return [(raw, parts[0][1], (n_rows, *parts[0][2][1:]))]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,6 +83,10 @@ class StreamedWeights:
         if self._current is None or self._current[0] != layer:
             self._current = (layer, self.stager.enter(layer))
         return self._current[1][name]
+
+    def row_slabs(self, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """The whole tensor as one slab starting at row 0 (the stager hands out dense layers)."""
+        yield 0, self.get(name)
 
     def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows ``ids`` (``(B, T)`` -> ``(B, T, C)``); a forward pass starts here."""
@@ -239,7 +243,8 @@ def load(
         mode: ``"overlap"`` or ``"serial"``.
         io: ``"pread"`` or ``"odirect"``.
         link: a ``LinkModel`` for projections (only with ``device="cuda"``).
-        context_tokens: tokens of context to reserve room for (activations + KV cache).
+        context_tokens: tokens of context to reserve room for (activations + KV cache); a new KV
+            cache holds this many positions, and a longer context grows it past the plan.
         n_resident: keep exactly this many layers resident, whatever the budget (llama.cpp's ``-ngl``).
     Returns:
         A ``labkit.runtime.Model`` whose ``weights`` is a ``StreamedWeights``.
@@ -285,7 +290,8 @@ def load(
         )
     stager = Stager(path, layers, plan, device=compute_device, mode=mode, io=io)
     streamed = StreamedWeights(path, layers, plan, stager, embedding=embedding, dtype=dtype, link=link)
-    return Model(config, tokenizer, streamed)  # type: ignore[arg-type]  # the same interface as Weights
+    # A new KV cache holds the context the plan reserved room for; a longer one grows past the plan.
+    return Model(config, tokenizer, streamed, cache_tokens=context_tokens)  # type: ignore[arg-type]
 
 
 def trace_pass(
