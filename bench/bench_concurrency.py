@@ -5,14 +5,15 @@
 For each workload (``labkit generate`` on the default model; ``labkit quantize`` of the default model
 to Q4_K_M) and each thread policy, it measures (all wall times, measured in this run):
 
-- ``alone``: one run by itself (best of ``--repeats``);
+- ``alone``: one run by itself, best of ``--repeats`` rounds in which the policies alternate (so a
+  slow minute of the shared host hurts both alike);
 - for N = 2 and 4: ``sequential``, N runs one after another (sum of their walls), and ``concurrent``,
   N runs started together (wall until the last one ends). Target: concurrent <= 1.2 x sequential.
 
 Policies:
 
 - ``labkit`` : what the command does by default now (``labkit.hierarchy.threads``): threads = the
-  usable CPUs that other work leaves free, ``OMP_WAIT_POLICY=PASSIVE``;
+  usable CPUs that other work leaves free, a short OpenMP spin (``GOMP_SPINCOUNT=3000``);
 - ``torch``  : the old behaviour, torch's own thread count with OpenMP's default (spinning) wait.
 
 Target for single runs: ``labkit``'s ``alone`` within +-10% of ``torch``'s (on a quiet machine).
@@ -43,7 +44,11 @@ SINGLE_TOLERANCE = 0.10
 
 def policy_env(policy: str) -> tuple[list[str], dict[str, str]]:
     """Extra command-line arguments and environment for a thread policy."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    }
     if policy == "labkit":
         return [], env
     env["OMP_WAIT_POLICY"] = ""  # set but empty: labkit keeps it, OpenMP uses its default (spin, then sleep)
@@ -78,16 +83,31 @@ def run_together(commands: list[list[str]], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, policy: str, counts: list[int], repeats: int, tokens: int) -> dict[str, float]:
+def measure(name: str, policy: str, counts: list[int], tokens: int) -> dict[str, float]:
+    """N = each of ``counts``: the N runs one after another, then all N started together."""
     extra, env = policy_env(policy)
     folder = Path(tempfile.mkdtemp(prefix="labkit-conc-"))
     try:
         commands = [workload(name, folder, i, tokens) + extra for i in range(max(counts))]
-        row = {"alone": min(run_together(commands[:1], env) for _ in range(repeats))}
+        row = {}
         for n in counts:
             row[f"seq{n}"] = sum(run_together([c], env) for c in commands[:n])
             row[f"conc{n}"] = run_together(commands[:n], env)
         return row
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def alone(name: str, policies: list[str], rounds: int, tokens: int) -> dict[str, float]:
+    """Each policy's best single run over ``rounds`` rounds, the policies alternating within a round."""
+    folder = Path(tempfile.mkdtemp(prefix="labkit-alone-"))
+    try:
+        walls: dict[str, list[float]] = {p: [] for p in policies}
+        for _ in range(rounds):
+            for policy in policies:
+                extra, env = policy_env(policy)
+                walls[policy].append(run_together([workload(name, folder, 0, tokens) + extra], env))
+        return {p: min(w) for p, w in walls.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -111,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="generate only, fewer tokens")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--repeats", type=int, default=2, help="single runs per policy (best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternating rounds of single runs (best is kept)"
+    )
     args = parser.parse_args()
     counts = [2, 4]
     workloads = ["generate"] if args.quick else ["generate", "quantize"]
@@ -120,8 +142,9 @@ def main() -> None:
 
     def work() -> None:
         for name in workloads:
+            best_alone = alone(name, ["labkit", "torch"], args.repeats, tokens)
             for policy in ("labkit", "torch"):
-                rows[(name, policy)] = measure(name, policy, counts, args.repeats, tokens)
+                rows[(name, policy)] = {"alone": best_alone[policy], **measure(name, policy, counts, tokens)}
                 print(name, policy, {k: round(v, 2) for k, v in rows[(name, policy)].items()}, flush=True)
 
     _, others = other_cpu_share(work)
@@ -148,7 +171,7 @@ def main() -> None:
             "",
             *table(rows, counts),
             "",
-            "Single-run speed (alone, best of repeats):",
+            f"Single-run speed (alone, best of {args.repeats} rounds, the policies alternating):",
             *single,
             "",
         ]

@@ -114,16 +114,25 @@ def _fresh_python(code: str, env: dict[str, str]) -> str:
     return done.stdout.strip()
 
 
-def test_apply_sets_the_wait_policy_before_torch_and_keeps_yours() -> None:
+SPIN_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def test_apply_sets_a_short_spin_before_torch_and_keeps_yours() -> None:
     code = (
-        "import os; from labkit.hierarchy import threads; c = threads.apply(sample_s=0); "
-        "import torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads() == c.threads, c.reason)"
+        "import os; from labkit.hierarchy import threads; c = threads.apply(sample_s=0); import torch; "
+        "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'), "
+        "torch.get_num_threads() == c.threads, c.reason)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in SPIN_VARIABLES}
     out = _fresh_python(code, env)
-    assert out.startswith("PASSIVE True") and "OMP_WAIT_POLICY=PASSIVE (idle threads sleep)" in out
+    assert (
+        out.startswith("3000 1 True")
+        and "spin briefly, then sleep (GOMP_SPINCOUNT=3000, KMP_BLOCKTIME=1)" in out
+    )
     out = _fresh_python(code, {**env, "OMP_WAIT_POLICY": "ACTIVE"})
-    assert out.startswith("ACTIVE True") and "(yours, kept)" in out
+    assert out.startswith("None None True") and "OMP_WAIT_POLICY=ACTIVE (yours, kept)" in out
+    out = _fresh_python(code, {**env, "GOMP_SPINCOUNT": "0"})
+    assert out.startswith("0 None True") and "GOMP_SPINCOUNT=0 (yours, kept)" in out
     late = "import torch; from labkit.hierarchy import threads; print(threads.apply(sample_s=0).reason)"
     assert "torch was imported before" in _fresh_python(late, env)
 
@@ -134,11 +143,11 @@ def test_the_command_line_applies_it(tmp_path: Path) -> None:
         "from labkit.cli import main\n"
         "main(['inspect', sys.argv[1], '--threads', '1'])\n"
         "import torch\n"
-        "print(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())"
+        "print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
     )
     from labkit.modelfiles import synthetic_llama
 
     path = synthetic_llama(tmp_path / "t.gguf", n_layers=1)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in SPIN_VARIABLES}
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env)
-    assert done.stdout.strip().splitlines()[-1] == "PASSIVE 1"
+    assert done.stdout.strip().splitlines()[-1] == "3000 1"

@@ -13,10 +13,17 @@ The policy here, in two parts:
    (``os.sched_getaffinity``, capped by the cgroup's CPU quota ``cpu.max`` / ``cpu.cfs_quota_us``
    that Docker, Kubernetes and JupyterHub set), take away the CPUs other work keeps busy
    (sampled from ``/proc/stat`` over ``SAMPLE_S``), and use what is left, at least one.
-2. **Wait policy** (``apply``): ``OMP_WAIT_POLICY=PASSIVE``, so a thread with nothing to do
-   sleeps at once instead of spinning (torch's Linux wheels use GNU libgomp, whose default is to
-   spin 300,000 times first). It must be set before OpenMP starts (before ``import torch``); a
-   value you set yourself is kept.
+2. **Wait policy** (``apply``): a *short* spin. A thread that finishes its share of one
+   operation spins (checks for new work in a loop) for a while before it sleeps: spinning wakes
+   it within microseconds for the next operation, sleeping costs a wake-up through the kernel
+   every time (torch runs hundreds of parallel operations per decoded token). Torch's Linux wheels
+   use GNU libgomp, whose default is to spin 300,000 times (about a millisecond or more): a long
+   time to burn a core that another run needs. ``OMP_WAIT_POLICY=PASSIVE`` (no spin at all)
+   shares well but slows a run alone. labkit sets ``GOMP_SPINCOUNT=3000`` (libgomp: about a
+   hundred microseconds, longer than the gap between two operations of one token) and
+   ``KMP_BLOCKTIME=1`` (LLVM/Intel OpenMP, the macOS and Windows wheels: 1 ms). These must be set
+   before OpenMP starts (before ``import torch``); a value you set yourself, or an
+   ``OMP_WAIT_POLICY`` of yours, is kept.
 
 Measured on the lab's 2-core machine: ``bench/bench_concurrency.py`` and ``bench/RESULTS.md``.
 
@@ -37,7 +44,8 @@ from pathlib import Path
 from labkit.errors import LabkitError
 
 SAMPLE_S = 0.1  # how long /proc/stat is watched: 10 clock ticks per CPU at Linux's usual 100 Hz
-WAIT_POLICY = "PASSIVE"  # OMP_WAIT_POLICY labkit sets unless the user set one
+# Spin settings labkit sets unless the user set them (or an OMP_WAIT_POLICY): see the module docstring.
+SPIN_SETTINGS = {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "1"}
 
 
 @dataclass(frozen=True)
@@ -173,15 +181,15 @@ def choose_threads(requested: int | None = None, *, sample_s: float = SAMPLE_S) 
 
 
 def set_wait_policy() -> str:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose one.
+    """Set a short OpenMP spin (``SPIN_SETTINGS``) unless the user chose a wait policy or spin.
 
     Returns:
-        ``"set"``, ``"yours"`` (your own value is kept) or ``"too late"`` (torch was imported
-        before, so OpenMP has already read its settings).
+        ``"set"``, ``"yours"`` (your own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``
+        is kept) or ``"too late"`` (torch was imported before, so OpenMP has already read its settings).
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    if any(name in os.environ for name in ("OMP_WAIT_POLICY", *SPIN_SETTINGS)):
         return "yours"
-    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    os.environ.update(SPIN_SETTINGS)
     return "set" if "torch" not in sys.modules else "too late"
 
 
@@ -200,8 +208,12 @@ def apply(requested: int | None = None, *, sample_s: float = SAMPLE_S) -> Thread
 
     torch.set_num_threads(choice.threads)
     note = {
-        "set": f"; OMP_WAIT_POLICY={WAIT_POLICY} (idle threads sleep)",
-        "yours": f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (yours, kept)",
+        "set": "; idle threads spin briefly, then sleep ("
+        + ", ".join(f"{k}={v}" for k, v in SPIN_SETTINGS.items())
+        + ")",
+        "yours": "; "
+        + ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", *SPIN_SETTINGS) if k in os.environ)
+        + " (yours, kept)",
         "too late": "; torch was imported before, so idle OpenMP threads may spin (restart the kernel "
         "and call this first)",
     }[policy]
