@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,50 @@ def test_a_cuda_pass_matches_the_cpu_and_keeps_the_invariants(q8_model, referenc
     assert trace.peak_device_bytes is not None
     check_invariants(trace, eps=5e-4)  # event times are placed on the host clock within a sync's latency
     model.weights.close()
+
+
+@pytest.mark.parametrize("mode", ["overlap", "serial"])
+def test_mmap_streams_in_place_and_equals_resident(tmp_path, mode):
+    """io="mmap": an F16 file's streamed layers are computed on the mapping (no copy lane), the
+    logits equal the resident model's, and each computed layer's pages leave the process."""
+    path = synthetic_llama(tmp_path / "f16.gguf", n_layers=12, dim=128, qtype="F16")
+    want = runtime.load(path, dtype=torch.float16).logits(IDS)
+    model = staging.load(path, n_resident=2, dtype=torch.float16, chunk_bytes=CHUNK, io="mmap", mode=mode)
+    stager = model.weights.stager  # type: ignore[attr-defined]
+    assert stager.in_place and set(stager.in_place) <= set(stager.order)
+    for _ in range(2):  # the second pass reads the pages again after they were dropped
+        logits, trace = staging.trace_pass(model, IDS)
+        assert torch.equal(logits[0], want)
+    assert trace.lane("read") and not trace.lane("copy")  # faults on the map, nothing copied
+    assert any("page faults on the mapped file" in note for note in trace.notes)
+    largest = max(stager.layers[i].raw_slot_bytes for i in stager.order)
+    held = _mapped_rss_bytes(path)  # what of the file this process still holds after two passes
+    # in flight: the layer computing and up to n_slots + 1 the reader touched ahead of it
+    assert held <= (stager.plan.n_slots + 2) * largest + 4 * 4096
+    assert sum(stager.layers[i].raw_slot_bytes for i in stager.order) > 2 * held  # most were dropped
+    model.weights.close()
+
+
+def _mapped_rss_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line: "start-end perms offset dev inode path"
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_mmap_dequantizes_straight_from_the_map(q8_model, reference):
+    model = staging.load(q8_model, ram=STREAM_RAM, chunk_bytes=CHUNK, io="mmap")
+    logits, trace = staging.trace_pass(model, IDS, cold=True)
+    assert torch.equal(logits[0], reference)
+    assert trace.lane("dequantize") and not trace.lane("copy")
+    model.weights.close()
+
+
+def test_mmap_is_for_a_cpu_device(q8_model):
+    layers_path = q8_model
+    with pytest.raises(StagingError, match="io='mmap' computes on the mapped file in RAM"):
+        staging.Stager(layers_path, [], None, device="cuda", io="mmap")  # type: ignore[arg-type]

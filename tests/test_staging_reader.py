@@ -114,5 +114,5 @@ def test_a_truncated_file_is_a_clear_error(data_file, tmp_path):
 
 
 def test_bad_io_mode():
-    with pytest.raises(StagingError, match="io='mmap'"):
-        open_file("/dev/null", "mmap")
+    with pytest.raises(StagingError, match="io='mapped'; choose 'pread'.*'odirect'.*'mmap'"):
+        open_file("/dev/null", "mapped")

@@ -30,6 +30,7 @@ tutorial "A guide on good usage of non_blocking and pin_memory()" (pinned + side
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -48,10 +49,13 @@ from labkit.staging.plan import Plan
 from labkit.staging.reader import (
     Chunk,
     aligned_host_buffer,
+    drop_pages,
     layer_chunks,
+    map_file,
     open_file,
     read_chunk,
     staging_buffer_bytes,
+    touch_pages,
 )
 from labkit.staging.slots import dense_view, dequantize_layer, peak_rss_bytes, reset_peak_rss
 from labkit.staging.trace import Span, Trace
@@ -68,7 +72,8 @@ class Stager:
         plan: where each layer lives (``plan_layers``).
         device: the compute device.
         mode: ``"overlap"`` (reader thread + copy worker) or ``"serial"``.
-        io: ``"pread"`` or ``"odirect"``.
+        io: ``"pread"``, ``"odirect"`` or ``"mmap"`` (CPU only: streamed layers are computed on, or
+            dequantized from, the mapped file; see ``labkit.staging.reader``).
     """
 
     def __init__(
@@ -88,7 +93,13 @@ class Stager:
         self.layers, self.plan, self.mode, self.io = list(layers), plan, mode, io
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        if io == "mmap" and self.cuda:
+            raise StagingError("io='mmap' computes on the mapped file in RAM: use it with a CPU device")
         self.fd = open_file(path, io)
+        self.mapping: mmap.mmap | None = None
+        self.mapped: torch.Tensor | None = None  # the whole file as uint8, with io="mmap"
+        if io == "mmap":
+            self.mapping, self.mapped = map_file(self.fd)
         self.order = plan.streamed  # the streamed layers, in forward order
         self.chunks = {
             i: layer_chunks(self.layers[i], plan.chunk_bytes) for i in self.order if plan.tier(i) == "disk"
@@ -106,8 +117,16 @@ class Stager:
         self.dense_slots = [
             torch.empty(dense_bytes, dtype=torch.uint8, device=self.device) for _ in range(plan.n_slots)
         ]
+        self.in_place: dict[int, torch.Tensor] = {}  # streamed layers computed on the mapped file
+        for i in self.chunks if io == "mmap" else ():
+            raw = self._mapped_raw(self.layers[i])
+            if raw is not None:
+                self.in_place[i] = raw
         self.views = [
-            {i: {t.name: dense_view(raw, dense, t) for t in self.layers[i].tensors} for i in self.order}
+            {
+                i: {t.name: dense_view(self.in_place.get(i, raw), dense, t) for t in self.layers[i].tensors}
+                for i in self.order
+            }
             for raw, dense in zip(self.raw_slots, self.dense_slots, strict=True)
         ]
         self.copy_stream: Any = torch.cuda.Stream(self.device) if self.cuda else None  # the side stream
@@ -128,6 +147,16 @@ class Stager:
         self._restart(self.order[0] if self.order else 0)
 
     # --- setup: resident layers, and the RAM tier of a GPU plan ---------------------------------------
+
+    def _mapped_raw(self, layer: LayerSpec) -> torch.Tensor | None:
+        """With ``io="mmap"``: the layer's raw bytes as a view of the mapped file, when the raw slot's
+        layout is the file's own (one run of tensors back to back); None when it must be copied."""
+        assert self.mapped is not None
+        bases = {p.file_offset - p.raw_offset for p in layer.parts}
+        if len(bases) != 1:
+            return None
+        base = bases.pop()
+        return self.mapped[base : base + layer.raw_slot_bytes]
 
     def _read_layer(self, layer: LayerSpec, out: torch.Tensor) -> None:
         """Read a whole layer's raw bytes into ``out`` (host) through staging buffer 0."""
@@ -172,9 +201,13 @@ class Stager:
 
     # --- the three stages -----------------------------------------------------------------------------
 
-    def _read(self, seq: int, chunk: Chunk, k: int) -> torch.Tensor:
+    def _read(self, seq: int, chunk: Chunk, k: int | None) -> torch.Tensor:
         start = self._now()
-        view = read_chunk(self.fd, chunk, self.staging[k])
+        if self.mapped is not None:  # io="mmap": fault the pages in; the bytes stay where they are
+            touch_pages(self.mapped, chunk.offset, chunk.n_bytes)
+            view, how = self.mapped[chunk.offset : chunk.offset + chunk.n_bytes], "page faults on the map"
+        else:
+            view, how = read_chunk(self.fd, chunk, self.staging[k or 0]), f"{self.io} into staging[{k}]"
         self._record(
             Span(
                 chunk.layer,
@@ -187,7 +220,7 @@ class Stager:
                 "host",
                 seq,
                 chunk.number,
-                f"{self.io} into staging[{k}]",
+                how,
             )
         )
         return view
@@ -225,7 +258,7 @@ class Stager:
         )
 
     def _dequantize(self, seq: int, layer: int, slot: int) -> None:
-        spec = self.layers[layer]
+        spec, raw = self.layers[layer], self.in_place.get(layer, self.raw_slots[slot])
         template = Span(
             layer,
             spec.name,
@@ -241,11 +274,11 @@ class Stager:
         )
         if self.cuda:
             _, end = self._timed_cuda(self.copy_stream, template)
-            dequantize_layer(spec, self.raw_slots[slot], self.views[slot][layer])
+            dequantize_layer(spec, raw, self.views[slot][layer])
             end.record(self.copy_stream)
             return
         start = self._now()
-        dequantize_layer(spec, self.raw_slots[slot], self.views[slot][layer])
+        dequantize_layer(spec, raw, self.views[slot][layer])
         self._record(replace(template, start_s=start, end_s=self._now()))
 
     # --- the workers ----------------------------------------------------------------------------------
@@ -272,6 +305,9 @@ class Stager:
             if layer not in self.chunks:  # RAM tier: nothing to read, the copy worker copies from RAM
                 self._filled.put((seq, layer, None, None, self.host_raw[layer]))
             for chunk in self.chunks.get(layer, ()):
+                if self.mapped is not None:  # no staging buffer: the source is the mapped file
+                    self._filled.put((seq, layer, chunk, None, self._read(seq, chunk, None)))
+                    continue
                 k = n_chunks % self.plan.n_staging
                 n_chunks += 1
                 self._staging_free[k].acquire()
@@ -296,7 +332,8 @@ class Stager:
                 if self.cuda:
                     self.copy_stream.wait_event(self._compute_done[slot])  # GPU side: slot no longer read
             with torch.cuda.stream(self.copy_stream) if self.cuda else nullcontext():
-                self._copy(seq, layer, chunk, source, slot)
+                if layer not in self.in_place:  # computed in place on the mapped file: nothing to copy
+                    self._copy(seq, layer, chunk, source, slot)
                 if k is not None:
                     if self.cuda:
                         self._staging_done[k].record(self.copy_stream)
@@ -313,7 +350,8 @@ class Stager:
         with torch.cuda.stream(stream) if self.cuda else nullcontext():
             for n, chunk in enumerate(self.chunks.get(layer, ())):
                 view = self._read(seq, chunk, n % self.plan.n_staging)
-                self._copy(seq, layer, chunk, view, slot)
+                if layer not in self.in_place:
+                    self._copy(seq, layer, chunk, view, slot)
                 if self.cuda:
                     stream.synchronize()
             if layer not in self.chunks:
@@ -381,6 +419,9 @@ class Stager:
                     "the layer's forward",
                 )
             )
+        if seq >= 0 and self.mapping is not None:  # io="mmap": the layer's pages leave this process
+            for chunk in self.chunks.get(layer, ()):
+                drop_pages(self.mapping, chunk.offset, chunk.n_bytes)
         if seq >= 0:  # free the slot for the layer n_slots further on
             slot = seq % self.plan.n_slots
             if self.cuda:
@@ -471,7 +512,10 @@ class Stager:
         notes = (
             f"staging buffers: {self.plan.n_staging} x {self.plan.chunk_bytes:,} bytes, {pinned}",
             f"reads: {self.io}"
-            + (" (page cache bypassed)" if self.io == "odirect" else " (through the page cache)"),
+            + {
+                "odirect": " (page cache bypassed)",
+                "mmap": " (page faults on the mapped file; layers the file holds as computed are not copied)",
+            }.get(self.io, " (through the page cache)"),
         )
         device = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         return Trace(
@@ -490,6 +534,13 @@ class Stager:
     def close(self) -> None:
         """Stop the workers and close the file."""
         self._stop_workers()
+        if self.mapping is not None:  # drop every view of the map before closing it
+            self.in_place, self.views, self.mapped = {}, [], None
+            try:
+                self.mapping.close()
+            except BufferError:  # a tensor handed out earlier still views it: it closes when that goes
+                pass
+            self.mapping = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

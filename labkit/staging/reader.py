@@ -15,6 +15,13 @@ at ``skip`` inside the buffer::
 
 With ``io="odirect"`` the file is opened with ``O_DIRECT``: the bytes come from the
 device, never from the page cache (the buffer itself must be page-aligned too).
+
+With ``io="mmap"`` (a CPU device only) nothing is copied: the file is mapped, a layer's "read" is
+touching its pages (``touch_pages``: the OS reads from the disk what the page cache lacks), the
+compute reads the tensors in place when the file holds them as computed (an F16 file computed in
+float16) or dequantizes straight from the mapping, and ``drop_pages`` unmaps the layer once it is
+computed, so the process holds only the layers in flight. This is how accelerate's disk offload and
+llama.cpp's mmap loading read weights on a CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from labkit.errors import StagingError
 from labkit.staging.layers import LayerSpec
 
 PAGE_BYTES = mmap.PAGESIZE
-IO_MODES = ("pread", "odirect")
+IO_MODES = ("pread", "odirect", "mmap")
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,11 @@ def open_file(path: str | Path, io: str = "pread") -> int:
         StagingError: an unknown ``io``, or ``O_DIRECT`` refused by this system or file system.
     """
     if io not in IO_MODES:
-        raise StagingError(f"io={io!r}; choose 'pread' (through the page cache) or 'odirect' (around it)")
-    if io == "pread":
+        raise StagingError(
+            f"io={io!r}; choose 'pread' (through the page cache), 'odirect' (around it) or 'mmap' "
+            "(compute on the mapped file, CPU only)"
+        )
+    if io in ("pread", "mmap"):
         return os.open(Path(path), os.O_RDONLY)
     flag = getattr(os, "O_DIRECT", None)
     try:
@@ -164,6 +174,30 @@ def read_chunk(fd: int, chunk: Chunk, buffer: torch.Tensor) -> torch.Tensor:
             f"[{chunk.offset}, {chunk.offset + chunk.n_bytes}); was it changed or truncated?"
         )
     return buffer[chunk.skip : chunk.skip + chunk.n_bytes]
+
+
+def map_file(fd: int) -> tuple[mmap.mmap, torch.Tensor]:
+    """Map the whole file read-only; return the mapping and a zero-copy uint8 tensor over it."""
+    import warnings
+
+    mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": the tensor is read-only
+        return mapping, torch.frombuffer(mapping, dtype=torch.uint8)
+
+
+def touch_pages(mapped: torch.Tensor, start: int, n_bytes: int) -> None:
+    """Fault a mapped range into this process: one byte read per page (the OS reads what is not cached)."""
+    first = start - start % PAGE_BYTES
+    int(mapped[first : start + n_bytes : PAGE_BYTES].sum())
+
+
+def drop_pages(mapping: mmap.mmap, start: int, n_bytes: int) -> None:
+    """Unmap a range's pages from this process (``MADV_DONTNEED``); they stay in the page cache."""
+    first = start - start % PAGE_BYTES
+    end = min(len(mapping), -(-(start + n_bytes) // PAGE_BYTES) * PAGE_BYTES)
+    if end > first and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 def read_ranges(

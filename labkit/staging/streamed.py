@@ -241,7 +241,7 @@ def load(
         n_slots, n_staging, order: see ``plan_layers``.
         chunk_bytes: the read size (default: 4 MiB, or the largest layer rounded up to a page if smaller).
         mode: ``"overlap"`` or ``"serial"``.
-        io: ``"pread"`` or ``"odirect"``.
+        io: ``"pread"``, ``"odirect"`` or ``"mmap"`` (CPU: compute on the mapped file, no copies).
         link: a ``LinkModel`` for projections (only with ``device="cuda"``).
         context_tokens: tokens of context to reserve room for (activations + KV cache); a new KV
             cache holds this many positions, and a longer context grows it past the plan.
