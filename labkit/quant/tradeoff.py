@@ -275,11 +275,13 @@ class LoadPathTimes:
 def _dequantize_all(f: Any) -> None:
     for name in f.tensors:
         f.tensor(name)
+        f.release(name)  # its mapped pages leave the process: RSS holds one tensor's bytes at a time
 
 
 def _dequantize_all_gguf_py(f: Any) -> None:
     for name, info in f.tensors.items():
         gguf.quants.dequantize(np.asarray(f.raw(name)), gguf.GGMLQuantizationType[info.qtype])
+        f.release(name)
 
 
 def time_load_path(f: Any, *, with_gguf_py: bool = True) -> LoadPathTimes:
