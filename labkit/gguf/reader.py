@@ -53,6 +53,15 @@ class Region:
         return self.start + self.n_bytes
 
 
+def drop_pages(mapping: mmap.mmap, start: int, n_bytes: int) -> None:
+    """Unmap a range's pages from this process (``MADV_DONTNEED``, rounded out to whole pages); they
+    stay in the page cache, and touching the range again maps them back in."""
+    first = start - start % mmap.PAGESIZE
+    end = min(len(mapping), align_up(start + n_bytes, mmap.PAGESIZE))
+    if end > first and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
 class GGUFFile:
     """An open GGUF file. Use ``labkit.gguf.open(path)``; close it, or use ``with``.
 
@@ -110,11 +119,7 @@ class GGUFFile:
         """
         info = self._info(name)
         assert self._mmap is not None  # _info raised if closed
-        page = mmap.PAGESIZE
-        start = info.offset // page * page
-        end = min(self.file_size_bytes, align_up(info.offset + info.n_bytes, page))
-        if end > start and hasattr(mmap, "MADV_DONTNEED"):
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+        drop_pages(self._mmap, info.offset, info.n_bytes)
 
     def _info(self, name: str) -> TensorInfo:
         if self._mmap is None:

@@ -44,12 +44,12 @@ from typing import Any
 import torch
 
 from labkit.errors import StagingError
+from labkit.gguf.reader import drop_pages
 from labkit.staging.layers import LayerSpec
 from labkit.staging.plan import Plan
 from labkit.staging.reader import (
     Chunk,
     aligned_host_buffer,
-    drop_pages,
     layer_chunks,
     map_file,
     open_file,

@@ -192,14 +192,6 @@ def touch_pages(mapped: torch.Tensor, start: int, n_bytes: int) -> None:
     int(mapped[first : start + n_bytes : PAGE_BYTES].sum())
 
 
-def drop_pages(mapping: mmap.mmap, start: int, n_bytes: int) -> None:
-    """Unmap a range's pages from this process (``MADV_DONTNEED``); they stay in the page cache."""
-    first = start - start % PAGE_BYTES
-    end = min(len(mapping), -(-(start + n_bytes) // PAGE_BYTES) * PAGE_BYTES)
-    if end > first and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
-
-
 def read_ranges(
     path: str | Path, ranges: Sequence[tuple[int, int]], *, chunk_bytes: int = 4 << 20, io: str = "pread"
 ) -> bytes:
