@@ -13,10 +13,12 @@ Four measurements, all on this machine's CPU (no GPU here: the CUDA path is not 
    transformers are bench-only dependencies.
 2. **Curve.** Decode tokens/s against resident layers (``n_resident``, llama.cpp's ``-ngl``) for the
    default model (float32) and for the peer model (float16; its budget is 1/4 of its size).
-3. **Overlap.** One decode step traced span by span, overlapped and serial: makespan against the
-   pipeline bound ``max(lane busy)`` from the same pass (median of 3).
-4. **Memory.** In a child process: peak RSS while loading and decoding, minus the RSS after imports,
-   against the bytes the plan holds (``Plan.memory_bytes``).
+3. **Overlap.** One decode step traced span by span, overlapped and serial, warm and cold page cache,
+   ``io="pread"`` and ``io="mmap"``: makespan against the pipeline bound ``max(lane busy)`` and the
+   fill/drain bound from the same pass (median of 3).
+4. **Memory.** In a child process: peak RSS while loading and decoding, minus the RSS after imports
+   and the tokenizer (measured by ``staging.load``), against the bytes the plan holds
+   (``Plan.memory_bytes``).
 
 Writes ``bench/results/staging.md``.
 """
@@ -39,7 +41,6 @@ from _common import machine, other_cpu_share
 from labkit import gguf, staging
 from labkit.modelfiles import default_model_path, synthetic_llama
 from labkit.runtime.timing import time_decode
-from labkit.runtime.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "staging.md"
 MiB = 1 << 20
@@ -213,47 +214,55 @@ def curve_section(path: Path, counts: list[int], dtype: torch.dtype, n_tokens: i
     return rows
 
 
-def decode_step_trace(model, mode_label: str) -> staging.Trace:  # noqa: ANN001
+def decode_step_trace(model, cold: bool = False) -> staging.Trace:  # noqa: ANN001
     cache = model.new_cache()
     token = int(model.forward(PROMPT, cache)[0, -1].argmax())
-    _, trace = staging.trace_pass(model, [token], cache)
+    _, trace = staging.trace_pass(model, [token], cache, cold=cold)
     return trace
 
 
 def overlap_section(
-    path: Path, ram: int | None, dtype: torch.dtype, label: str, n_resident: int | None
+    path: Path,
+    ram: int | None,
+    dtype: torch.dtype,
+    label: str,
+    n_resident: int | None,
+    io: str = "pread",
+    cold: bool = False,
 ) -> dict:
-    out: dict = {"label": label}
+    out: dict = {"label": f"{label}, io={io}, {'cold' if cold else 'warm'}"}
     for mode in ("serial", "overlap"):
-        model = staging.load(path, ram=ram, dtype=dtype, mode=mode, n_resident=n_resident, context_tokens=64)
-        decode_step_trace(model, mode)  # warm-up
-        summaries = [decode_step_trace(model, mode).summary() for _ in range(3)]
+        model = staging.load(
+            path, ram=ram, dtype=dtype, mode=mode, n_resident=n_resident, context_tokens=64, io=io
+        )
+        decode_step_trace(model)  # warm-up
+        summaries = [decode_step_trace(model, cold).summary() for _ in range(3)]
         model.weights.close()
         s = sorted(summaries, key=lambda x: x.makespan_s)[1]  # the median pass
         out[mode] = {
             "makespan_s": s.makespan_s,
             "serial_sum_s": s.serial_sum_s,
             "bound_s": s.pipeline_bound_s,
+            "fill_drain_s": s.fill_drain_bound_s,
             "critical": s.critical_lane,
             "lanes": s.lane_busy_s,
         }
     return out
 
 
-def child_rss(path: str, ram: int, dtype: str, n_tokens: int) -> None:
-    """Run in a child: RSS after imports, then the peak while loading and decoding (printed as JSON)."""
+def child_rss(path: str, ram: int, dtype: str, n_tokens: int, io: str) -> None:
+    """Run in a child: RSS after imports, then the peak while loading and decoding (printed as JSON).
+
+    ``staging.load`` measures what its tokenizer took (``weights.tokenizer_bytes``): outside the plan.
+    """
     from labkit.staging.slots import peak_rss_bytes, reset_peak_rss
 
     reset_peak_rss()
-    baseline = peak_rss_bytes() or 0
-    model = staging.load(path, ram=ram, dtype=getattr(torch, dtype), context_tokens=64)
+    baseline, file_before = peak_rss_bytes() or 0, _rss_file_bytes()
+    model = staging.load(path, ram=ram, dtype=getattr(torch, dtype), context_tokens=64, io=io)
     time_decode(model, PROMPT, n_tokens)
     peak = peak_rss_bytes() or 0
-    before = _rss_bytes()
-    with gguf.open(path) as f:  # one more tokenizer: what the model's own costs, outside the plan
-        extra = Tokenizer.from_metadata(f.metadata)
-    tokenizer = _rss_bytes() - before
-    del extra
+    file_grown = _rss_file_bytes() - file_before  # library code paged in, and mapped file pages
     plan = model.weights.plan
     print(
         json.dumps(
@@ -262,26 +271,33 @@ def child_rss(path: str, ram: int, dtype: str, n_tokens: int) -> None:
                 "peak": peak,
                 "plan_bytes": plan.memory_bytes,
                 "n_resident": plan.n_resident,
-                "tokenizer": tokenizer,
+                "tokenizer": model.weights.tokenizer_bytes or 0,
+                "file_backed": file_grown,
             }
         )
     )
 
 
-def _rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+def _rss_file_bytes() -> int:
+    """File-backed resident pages of this process (``RssFile``: shared-library code, mapped files)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-def memory_section(cases: list[tuple[str, Path, int, str]], n_tokens: int) -> list[dict]:
+def memory_section(cases: list[tuple[str, Path, int, str, str]], n_tokens: int) -> list[dict]:
     rows = []
-    for label, path, ram, dtype in cases:
+    for label, path, ram, dtype, io in cases:
         out = subprocess.run(
-            [sys.executable, __file__, "--child-rss", str(path), str(ram), dtype, str(n_tokens)],
+            [sys.executable, __file__, "--child-rss", str(path), str(ram), dtype, str(n_tokens), io],
             capture_output=True,
             text=True,
             check=True,
         )
-        rows.append({"label": label, "ram": ram, **json.loads(out.stdout.strip().splitlines()[-1])})
+        rows.append(
+            {"label": f"{label}, io={io}", "ram": ram, **json.loads(out.stdout.strip().splitlines()[-1])}
+        )
     return rows
 
 
@@ -337,30 +353,45 @@ def report(peer: dict, curves: list[dict], overlaps: list[dict], memory: list[di
     ]
     lines += [
         "",
-        "## Overlap: one decode step, makespan against the pipeline bound (median of 3)",
+        "## Overlap: one decode step, makespan against the pipeline bounds (median of 3)",
         "",
-        "| case | mode | makespan ms | serial sum ms | bound max(lane) ms | makespan / bound | critical lane |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "Bound: `max(lane busy)`. Fill/drain bound: that plus what no schedule can hide (the first layer "
+        "must be read before anything computes; after the last read, that layer and the resident layers "
+        "behind it still compute); `TraceSummary.fill_drain_bound_s`. Cold: the file evicted from the page "
+        "cache before the pass (`trace_pass(cold=True)`).",
+        "",
+        "| case | mode | makespan ms | serial sum ms | bound ms | makespan / bound "
+        "| fill/drain bound ms | makespan / fill-drain | lanes read / copy / compute ms | critical lane |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for o in overlaps:
         for mode in ("serial", "overlap"):
             m = o[mode]
+            lanes = " / ".join(f"{m['lanes'][lane] * 1e3:.1f}" for lane in ("read", "copy", "compute"))
             lines.append(
                 f"| {o['label']} | {mode} | {m['makespan_s'] * 1e3:.1f} | {m['serial_sum_s'] * 1e3:.1f} | "
-                f"{m['bound_s'] * 1e3:.1f} | {m['makespan_s'] / m['bound_s']:.2f} | {m['critical']} |"
+                f"{m['bound_s'] * 1e3:.1f} | {m['makespan_s'] / m['bound_s']:.2f} | "
+                f"{m['fill_drain_s'] * 1e3:.1f} | {m['makespan_s'] / m['fill_drain_s']:.2f} | {lanes} | "
+                f"{m['critical']} |"
             )
     lines += [
         "",
         "## Memory: peak RSS over the RSS after imports, against the plan (child process)",
         "",
+        "The tokenizer is not in the plan (weights, slots, buffers, activations); `staging.load` measures "
+        "the RSS it took as it built it (`weights.tokenizer_bytes`). File-backed growth (`RssFile`, "
+        "part of the peak): torch's and the tokenizer's library code paged in as it first runs, and with "
+        "io=mmap the layers in flight.",
+        "",
         "| case | budget MiB | resident layers | plan MiB | peak - baseline MiB | ratio "
-        "| tokenizer MiB (outside the plan) | ratio without it |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| tokenizer MiB (measured, outside the plan) | ratio without it | file-backed growth MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['label']} | {r['ram'] / MiB:.0f} | {r['n_resident']} | {r['plan_bytes'] / MiB:.1f} | "
         f"{(r['peak'] - r['baseline']) / MiB:.1f} | {(r['peak'] - r['baseline']) / r['plan_bytes']:.2f} | "
-        f"{r['tokenizer'] / MiB:.1f} | {(r['peak'] - r['baseline'] - r['tokenizer']) / r['plan_bytes']:.2f} |"
+        f"{r['tokenizer'] / MiB:.1f} | {(r['peak'] - r['baseline'] - r['tokenizer']) / r['plan_bytes']:.2f} | "
+        f"{r['file_backed'] / MiB:.1f} |"
         for r in memory
     ]
     return "\n".join(lines) + "\n"
@@ -374,12 +405,12 @@ def main() -> None:
         "--tiny", action="store_true", help="a functional check on tiny shapes (times mean nothing)"
     )
     parser.add_argument(
-        "--child-rss", nargs=4, metavar=("PATH", "RAM", "DTYPE", "TOKENS"), help=argparse.SUPPRESS
+        "--child-rss", nargs=5, metavar=("PATH", "RAM", "DTYPE", "TOKENS", "IO"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child_rss:
-        path, ram, dtype, n_tokens = args.child_rss
-        child_rss(path, int(ram), dtype, int(n_tokens))
+        path, ram, dtype, n_tokens, io = args.child_rss
+        child_rss(path, int(ram), dtype, int(n_tokens), io)
         return
     n_tokens, rounds = (2, 1) if args.quick or args.tiny else (6, 3)
     if args.tiny:
@@ -403,13 +434,22 @@ def main() -> None:
         )
         print("curves done", flush=True)
         overlaps = [
-            overlap_section(default, 256 * MiB, torch.float32, "SmolLM2 float32, 256 MiB", None),
-            overlap_section(peer_path, None, torch.float16, "synthetic F16, 4 resident", 4),
+            overlap_section(*case, io=io, cold=cold)
+            for cold in (False, True)
+            for io in ("pread", "mmap")
+            for case in (
+                (default, 256 * MiB, torch.float32, "SmolLM2 float32, 256 MiB", None),
+                (peer_path, None, torch.float16, "synthetic F16, 4 resident", 4),
+            )
         ]
         memory = memory_section(
             [
-                ("SmolLM2 float32", default, 256 * MiB, "float32"),
-                ("synthetic F16 float16", peer_path, peer["budget"], "float16"),
+                (label, model_path, ram, dtype, io)
+                for io in ("pread", "mmap")
+                for label, model_path, ram, dtype in (
+                    ("SmolLM2 float32", default, 256 * MiB, "float32"),
+                    ("synthetic F16 float16", peer_path, peer["budget"], "float16"),
+                )
             ],
             n_tokens,
         )

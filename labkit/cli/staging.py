@@ -70,6 +70,7 @@ def _summary_lines(summary: Any, label: str) -> list[str]:
     lines = [
         f"{label}: makespan {summary.makespan_s * 1e3:,.1f} ms, serial sum {summary.serial_sum_s * 1e3:,.1f} ms, "
         f"pipeline bound {summary.pipeline_bound_s * 1e3:,.1f} ms ({summary.critical_lane}), "
+        f"with fill and drain {summary.fill_drain_bound_s * 1e3:,.1f} ms, "
         f"overlap {summary.overlap:.0%}, efficiency {summary.efficiency:.2f}"
     ]
     for s in summary.stages:

@@ -80,20 +80,33 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 def resident_fraction(path: str | os.PathLike[str]) -> float | None:
     """Return the share of ``path``'s pages that sit in the page cache (0.0 to 1.0).
 
-    Maps the file (without touching it, so nothing is read in) and asks ``mincore``,
-    which fills one byte per page whose lowest bit says "resident".
-
     Args:
         path: a regular file.
 
     Returns:
         The resident fraction, or None where mincore is unavailable (no libc, not Linux).
     """
+    pages = resident_pages(path)
+    if pages is None:
+        return None
+    return float(pages.mean()) if pages.size else 0.0
+
+
+def resident_pages(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """Which of ``path``'s pages sit in the page cache: one bool per page (page ``i`` holds bytes
+    ``i * PAGE_BYTES`` onwards).
+
+    Maps the file (without touching it, so nothing is read in) and asks ``mincore``,
+    which fills one byte per page whose lowest bit says "resident".
+
+    Returns:
+        A bool array, or None where mincore is unavailable (no libc, not Linux).
+    """
     size_bytes = os.path.getsize(path)
     if _LIBC is None or not hasattr(_LIBC, "mincore"):
         return None
     if size_bytes == 0:
-        return 0.0
+        return np.zeros(0, dtype=bool)
     fd = os.open(path, os.O_RDONLY)
     try:
         address = _LIBC.mmap(None, size_bytes, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
@@ -104,8 +117,7 @@ def resident_fraction(path: str | os.PathLike[str]) -> float | None:
             vec = (ctypes.c_ubyte * n_pages)()
             if _LIBC.mincore(address, size_bytes, vec) != 0:
                 return None
-            resident_pages = int((np.frombuffer(memoryview(vec), dtype=np.uint8) & 1).sum())
-            return resident_pages / n_pages
+            return (np.frombuffer(memoryview(vec), dtype=np.uint8) & 1).astype(bool)
         finally:
             _LIBC.munmap(address, size_bytes)
     finally:

@@ -248,7 +248,9 @@ class Stages:
                     )
                 )
             return None
-        model = staging.load(path, ram=budget_bytes, dtype=torch.bfloat16, context_tokens=CONTEXT_TOKENS)
+        model = staging.load(
+            path, ram=budget_bytes, dtype=torch.bfloat16, context_tokens=CONTEXT_TOKENS, io="pread"
+        )
         try:
             ids = model.prompt_ids(PROMPT)
             _, trace = staging.trace_pass(model, ids)

@@ -45,11 +45,13 @@ import torch
 
 from labkit.errors import StagingError
 from labkit.gguf.reader import drop_pages
-from labkit.staging.layers import LayerSpec
+from labkit.staging.layers import FilePart, LayerSpec
 from labkit.staging.plan import Plan
 from labkit.staging.reader import (
+    PAGE_BYTES,
     Chunk,
     aligned_host_buffer,
+    aligned_range,
     layer_chunks,
     map_file,
     open_file,
@@ -165,16 +167,28 @@ class Stager:
                 read_chunk(self.fd, chunk, self.staging[0])
             )
 
+    def _read_part(self, part: FilePart, start: int, n_bytes: int) -> torch.Tensor:
+        """``n_bytes`` of a file tensor from byte ``start``, through staging buffer 0, on the device."""
+        offset = part.file_offset + start
+        read_start, read_end, skip, _ = aligned_range(offset, n_bytes, PAGE_BYTES)
+        chunk = Chunk(-1, 0, offset, n_bytes, read_start, read_end - read_start, skip, 0)
+        return read_chunk(self.fd, chunk, self.staging[0]).to(self.device)
+
     def _load_resident(self) -> None:
+        """Read and place the resident layers once. A layer the file holds as computed is read into
+        its own buffer; any other is dequantized slab by slab straight from the staging buffer, so
+        loading never holds a second, raw copy of a layer (its peak stays inside the plan)."""
         for p in self.plan.placements:
             layer = self.layers[p.index]
-            if p.tier == self.plan.resident_tier:
+            if p.tier == self.plan.resident_tier and layer.aliased:
                 raw = torch.empty(layer.raw_slot_bytes, dtype=torch.uint8)
                 self._read_layer(layer, raw)
+                raw = raw.to(self.device)
+                self.resident[p.index] = {t.name: dense_view(raw, raw, t) for t in layer.tensors}
+            elif p.tier == self.plan.resident_tier:
                 slot = torch.empty(layer.dense_bytes, dtype=torch.uint8, device=self.device)
-                raw = raw.to(self.device)  # kept alive by the views when the layer is aliased
-                dense = {t.name: dense_view(raw, slot, t) for t in layer.tensors}
-                dequantize_layer(layer, raw, dense)
+                dense = {t.name: dense_view(slot, slot, t) for t in layer.tensors}
+                dequantize_layer(layer, self._read_part, dense, max_read_bytes=self.plan.chunk_bytes)
                 self.resident[p.index] = dense
             elif p.tier == "cpu":  # a GPU plan's RAM tier: the file bytes stay in (pinned) host memory
                 self.host_raw[p.index] = aligned_host_buffer(layer.raw_slot_bytes, pin=self.cuda)
@@ -488,6 +502,11 @@ class Stager:
         ``before_start`` runs while the workers are stopped (e.g. evicting the file from the page cache).
         """
         self._stop_workers()
+        if self.mapping is not None:
+            # io="mmap": the workers mapped layers ahead, and each fault also maps the cached pages
+            # around it. A mapped page cannot be evicted, so unmap the whole file first: a cold pass
+            # must not find those layers still in RAM.
+            drop_pages(self.mapping, 0, len(self.mapping))
         if before_start is not None:
             before_start()
         self.spans, self._events, self.recording = [], [], True

@@ -9,12 +9,14 @@ load time. Also here: the process's peak RSS, which a staged pass reports beside
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from labkit.gguf import codec
-from labkit.staging.layers import SLAB_FLOAT32_BYTES, DenseTensor, LayerSpec
+from labkit.staging.layers import SLAB_FLOAT32_BYTES, DenseTensor, FilePart, LayerSpec
 
 
 def dense_view(raw: torch.Tensor, dense: torch.Tensor, tensor: DenseTensor) -> torch.Tensor:
@@ -27,36 +29,56 @@ def dense_view(raw: torch.Tensor, dense: torch.Tensor, tensor: DenseTensor) -> t
     return flat.view(tensor.shape)
 
 
-def dequantize_layer(layer: LayerSpec, raw: torch.Tensor, dense: dict[str, torch.Tensor]) -> None:
+def dequantize_layer(
+    layer: LayerSpec,
+    raw: torch.Tensor | Callable[[FilePart, int, int], torch.Tensor],
+    dense: dict[str, torch.Tensor],
+    *,
+    max_read_bytes: int | None = None,
+) -> None:
     """Decode a layer's raw file bytes into its dense tensors (``labkit.quant``, as the runtime does).
 
     Matrices are decoded a slab of rows at a time (``SLAB_FLOAT32_BYTES`` of float32), so the
     scratch memory stays small even for the head: each value is the same as a whole-tensor decode.
+
+    Args:
+        layer: the layer.
+        raw: its raw slot (the file bytes at the parts' ``raw_offset``), or a function
+            ``(part, start, n_bytes) -> uint8 bytes`` that fetches ``n_bytes`` of ``part`` from ``start``
+            (a resident layer is read from the file slab by slab, with no raw copy of the whole layer).
+        dense: the dense tensors to fill (``dense_view``).
+        max_read_bytes: the most bytes one fetch may ask for (a staging buffer's size); ``None``: any.
     """
+    fetch = raw if callable(raw) else _slice_of(raw)
     aliased = {t.name for t in layer.tensors if t.raw_offset is not None}
     for part in (p for p in layer.parts if p.stored_name not in aliased):
         target = dense[part.stored_name]
         if len(part.shape) == 1:  # a norm vector: float32, small
-            target.copy_(
-                codec.decode(
-                    raw[part.raw_offset : part.raw_offset + part.n_bytes],
-                    part.qtype,
-                    part.shape,
-                    target.dtype,
-                    part.name,
-                )
+            values = codec.decode(
+                fetch(part, 0, part.n_bytes), part.qtype, part.shape, target.dtype, part.name
             )
+            target.copy_(values)
             continue
         n_rows, n_cols = part.shape
         row_bytes = part.n_bytes // n_rows
         step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+        if max_read_bytes is not None:
+            step = max(1, min(step, max_read_bytes // row_bytes))
         for first in range(0, n_rows, step):
             rows = min(step, n_rows - first)
-            at = part.raw_offset + first * row_bytes
-            values = codec.decode(
-                raw[at : at + rows * row_bytes], part.qtype, (rows, n_cols), target.dtype, part.name
-            )
+            slab = fetch(part, first * row_bytes, rows * row_bytes)
+            values = codec.decode(slab, part.qtype, (rows, n_cols), target.dtype, part.name)
             target[part.row_start + first : part.row_start + first + rows].copy_(values)
+
+
+def _slice_of(raw: torch.Tensor) -> Callable[[FilePart, int, int], torch.Tensor]:
+    """A fetch function over a raw slot: the part's bytes are at its ``raw_offset``."""
+
+    def fetch(part: FilePart, start: int, n_bytes: int) -> torch.Tensor:
+        at = part.raw_offset + start
+        return raw[at : at + n_bytes]
+
+    return fetch
 
 
 def peak_rss_bytes() -> int | None:
@@ -68,6 +90,14 @@ def peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set now (``/proc/self/statm``), or None where there is no ``/proc``."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def reset_peak_rss() -> bool:

@@ -21,12 +21,14 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from labkit.errors import DeviceUnavailableError, StagingError
 from labkit.formats import FORMATS
 from labkit.gguf import codec
+from labkit.hierarchy.memory import return_large_frees
 from labkit.runtime.kvcache import kv_cache_size_bytes
 from labkit.runtime.model import LlamaConfig, Model
 from labkit.runtime.tokenizer import Tokenizer
@@ -34,6 +36,7 @@ from labkit.staging.executor import Stager
 from labkit.staging.layers import LayerSpec, layer_specs
 from labkit.staging.plan import Plan, plan_layers
 from labkit.staging.reader import PAGE_BYTES
+from labkit.staging.slots import rss_bytes
 from labkit.staging.trace import LinkModel, Trace
 
 
@@ -45,6 +48,8 @@ class StreamedWeights:
         layers: the layers (``LayerSpec``), in forward order.
         stager: the executor that fills the slots.
         link: the link model for projections (a GPU plan run without a GPU), or ``None``.
+        tokenizer_bytes: RSS the model's tokenizer took when ``load`` built it (measured; outside
+            the plan, which places weights, slots, buffers and activations), or ``None``.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class StreamedWeights:
         self._size_of = {t.name: t.size_bytes for lay in layers for t in lay.tensors}
         self._embedding = embedding  # (qtype, file offset, shape, n_bytes) of token_embd
         self._current: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.tokenizer_bytes: int | None = None
         self._finalizer = weakref.finalize(self, stager.close)
 
     # --- what Model calls -----------------------------------------------------------------------------
@@ -135,12 +141,13 @@ class StreamedWeights:
     # --- staging ----------------------------------------------------------------------------------------
 
     def bytes_per_pass(self) -> dict[str, int]:
-        """Bytes one pass moves, counted: read from the file, copied to the device, dequantized."""
+        """Bytes one pass moves, counted: read from the file, copied to the device (not the layers
+        computed in place on the mapped file, with ``io="mmap"``), dequantized."""
         tiers = {p.index: p.tier for p in self.plan.placements}
         streamed = [lay for lay in self.layers if tiers[lay.index] != self.plan.resident_tier]
         return {
             "read": sum(lay.file_bytes for lay in streamed if tiers[lay.index] == "disk"),
-            "copy": sum(lay.raw_slot_bytes for lay in streamed),
+            "copy": sum(lay.raw_slot_bytes for lay in streamed if lay.index not in self.stager.in_place),
             "dequantize": sum(lay.dense_bytes for lay in streamed),
             "resident": sum(lay.resident_bytes for lay in self.layers if lay not in streamed),
         }
@@ -172,6 +179,16 @@ def reserve_bytes(config: LlamaConfig, context_tokens: int, dtype: torch.dtype) 
     )
     qkv = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
     return kv + 4 * context_tokens * (4 * config.dim + qkv + 3 * config.ffn_dim + config.vocab_size)
+
+
+def _measured_tokenizer(metadata: Any) -> tuple[Tokenizer, int | None]:
+    """Build the tokenizer and measure what it holds: the growth of this process's RSS across the
+    build (``None`` where RSS cannot be read). The plan does not hold it: a plan places weights,
+    slots, buffers and activations; ``StreamedWeights.tokenizer_bytes`` reports it beside them."""
+    before = rss_bytes()
+    tokenizer = Tokenizer.from_metadata(metadata)
+    after = rss_bytes()
+    return tokenizer, max(0, after - before) if before is not None and after is not None else None
 
 
 def _devices(
@@ -241,11 +258,19 @@ def load(
         n_slots, n_staging, order: see ``plan_layers``.
         chunk_bytes: the read size (default: 4 MiB, or the largest layer rounded up to a page if smaller).
         mode: ``"overlap"`` or ``"serial"``.
-        io: ``"pread"``, ``"odirect"`` or ``"mmap"`` (CPU: compute on the mapped file, no copies).
+        io: ``"pread"`` (read -> staging buffer -> slot), ``"odirect"`` (the same, around the page
+            cache) or ``"mmap"`` (a CPU device only: compute on the mapped file, no copies; faster,
+            as llama.cpp and accelerate read weights on a CPU, but a file truncated while mapped
+            kills the process with SIGBUS where ``pread`` raises a ``StagingError``).
         link: a ``LinkModel`` for projections (only with ``device="cuda"``).
         context_tokens: tokens of context to reserve room for (activations + KV cache); a new KV
             cache holds this many positions, and a longer context grows it past the plan.
         n_resident: keep exactly this many layers resident, whatever the budget (llama.cpp's ``-ngl``).
+
+    The plan holds the weights, slots, buffers and activations; the tokenizer is measured apart
+    (``model.weights.tokenizer_bytes``). So that RSS follows the plan, ``load`` fixes glibc's mmap
+    threshold (``labkit.hierarchy.memory.return_large_frees``): every freed slab leaves the process.
+
     Returns:
         A ``labkit.runtime.Model`` whose ``weights`` is a ``StreamedWeights``.
     Raises:
@@ -257,11 +282,13 @@ def load(
 
     if not Path(path).is_file():
         raise StagingError(f"no model file at {path}; pass the path of a .gguf file")
+    # A budget is a promise about RSS: glibc must give freed dequantize slabs back, not keep them.
+    return_large_frees()
     plan_device, compute_device, vram, ram = _devices(device, vram, ram, link, need_vram=n_resident is None)
     with gguf.open(path) as gguf_file:
         shapes = {name: tuple(info.shape) for name, info in gguf_file.tensors.items()}
         config = LlamaConfig.from_gguf(gguf_file.metadata, shapes)
-        tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
+        tokenizer, tokenizer_bytes = _measured_tokenizer(gguf_file.metadata)
         layers = layer_specs(gguf_file, dtype=dtype, device=compute_device)
         embd = gguf_file.tensors["token_embd.weight"]
         if embd.qtype not in FORMATS:
@@ -290,6 +317,7 @@ def load(
         )
     stager = Stager(path, layers, plan, device=compute_device, mode=mode, io=io)
     streamed = StreamedWeights(path, layers, plan, stager, embedding=embedding, dtype=dtype, link=link)
+    streamed.tokenizer_bytes = tokenizer_bytes
     # A new KV cache holds the context the plan reserved room for; a longer one grows past the plan.
     return Model(config, tokenizer, streamed, cache_tokens=context_tokens)  # type: ignore[arg-type]
 

@@ -177,6 +177,11 @@ class TraceSummary:
         pipeline_bound_s: ``max(lane busy)``: the pass with perfect overlap.
         critical_lane: the lane that sets the bound.
         peak_rss_bytes, peak_device_bytes: measured peaks during the pass (``None``: not measured).
+        fill_drain_bound_s: the pipeline bound plus what no overlap can hide: a lane cannot start
+            before its first item has passed the lanes before it (the fill), and after its last
+            item that item still passes the lanes after it, and every later layer computes (the
+            drain: resident layers at the back compute only once the last streamed one is in).
+            The largest over the lanes: a flow shop's lower bound, never above the makespan.
     """
 
     kind: str
@@ -188,6 +193,7 @@ class TraceSummary:
     critical_lane: str
     peak_rss_bytes: int | None = None
     peak_device_bytes: int | None = None
+    fill_drain_bound_s: float = 0.0
 
     @property
     def overlap(self) -> float:
@@ -207,6 +213,7 @@ class TraceSummary:
             f"{prefix}_makespan_s": self.makespan_s,
             f"{prefix}_serial_sum_s": self.serial_sum_s,
             f"{prefix}_pipeline_bound_s": self.pipeline_bound_s,
+            f"{prefix}_fill_drain_bound_s": self.fill_drain_bound_s,
             "critical_lane": self.critical_lane,
             "overlap": self.overlap,
             "efficiency": self.efficiency,
@@ -286,7 +293,36 @@ class Trace:
             critical,
             self.peak_rss_bytes,
             self.peak_device_bytes,
+            self._fill_drain_bound(lane_busy),
         )
+
+    def _fill_drain_bound(self, lane_busy: dict[str, float]) -> float:
+        """``max`` over the lanes of fill + lane busy + drain (see ``TraceSummary``).
+
+        Reads and copies go chunk by chunk, so a lane's fill and drain count one chunk of the lane
+        before or after it; a layer computes only once all its chunks are in.
+        """
+
+        def times(layer: int, stage: str) -> list[float]:
+            mine = [s for s in self.spans if s.layer == layer and s.stage == stage]
+            return [s.elapsed_s for s in sorted(mine, key=lambda s: s.chunk or 0)]
+
+        compute = {s.layer: s.elapsed_s for s in self.lane("compute")}
+        streamed = sorted({s.layer for s in self.spans if s.stage != "compute"})
+        bounds = [lane_busy["compute"]]
+        if streamed:
+            first, last = streamed[0], streamed[-1]
+            after_last = compute.get(last, 0.0) + sum(t for i, t in compute.items() if i > last)
+            last_copy = (times(last, "copy") or [0.0])[-1] + sum(times(last, "dequantize"))
+            bounds.append(lane_busy["read"] + last_copy + after_last)
+            bounds.append((times(first, "read") or [0.0])[0] + lane_busy["copy"] + after_last)
+            if compute and min(compute) in streamed:  # the first layer computed must arrive whole first
+                c0 = min(compute)
+                fill = (
+                    sum(times(c0, "read")) + (times(c0, "copy") or [0.0])[-1] + sum(times(c0, "dequantize"))
+                )
+                bounds.append(fill + lane_busy["compute"])
+        return max(bounds)
 
 
 def project(trace: Trace, link: LinkModel) -> Trace:

@@ -79,7 +79,7 @@ class BudgetExplorer:
         self.table.value = f"<pre>{html.escape(self.plan.explain())}</pre>"
         _replace(self.figure, plan_figure(self.plan))
         if self.run.value:
-            model = load(self.path, plan=self.plan)
+            model = load(self.path, plan=self.plan, io="pread")  # the whole pipeline, as drawn above
             model.forward(list(self.prompt_ids))  # warm-up: page cache and allocator
             _, trace = trace_pass(model, list(self.prompt_ids))
             model.weights.close()  # type: ignore[attr-defined]
