@@ -165,17 +165,18 @@ def check_invariants(trace: Trace, eps: float = 1e-9) -> None:
             if copy.chunk in reads:
                 assert reads[copy.chunk].end_s <= copy.start_s + eps
         [dequantize], [compute] = stages["dequantize"], stages["compute"]
-        assert max(c.end_s for c in stages["copy"]) <= dequantize.start_s + eps
+        into_slot = stages["copy"] or stages["read"]  # a CPU plan reads straight into the slot
+        assert max(c.end_s for c in into_slot) <= dequantize.start_s + eps
         assert dequantize.end_s <= compute.start_s + eps
         earlier = by_seq.get(seq - trace.n_slots) if seq >= trace.n_slots else None
         if earlier:
-            assert earlier["compute"][0].end_s <= min(c.start_s for c in stages["copy"]) + eps
+            assert earlier["compute"][0].end_s <= min(c.start_s for c in into_slot) + eps
     for lane in (("read",), ("copy", "dequantize"), ("compute",)):
         spans = sorted((s for s in trace.spans if s.stage in lane), key=lambda s: s.start_s)
         assert all(a.end_s <= b.start_s + eps for a, b in zip(spans, spans[1:], strict=False)), lane
     reads = sorted(trace.lane("read"), key=lambda s: s.start_s)
     copies = {(s.seq, s.chunk): s for s in trace.lane("copy")}
-    for i, read in enumerate(reads[trace.n_staging :]):
+    for i, read in enumerate(reads[trace.n_staging :] if copies else []):  # staging buffers in use
         freed_by = reads[i]
         assert copies[(freed_by.seq, freed_by.chunk)].end_s <= read.start_s + eps
 
@@ -197,8 +198,9 @@ def test_trace_invariants(q8_model, reference, n_slots, n_staging, chunk_bytes):
     assert trace.kind == "measured" and all(s.source == "measured" and s.clock == "host" for s in trace.spans)
     assert {s.layer for s in trace.lane("compute")} == set(range(7))  # every layer computed once
     assert sorted(s.seq for s in trace.lane("dequantize")) == list(range(len(model.weights.plan.streamed)))
-    assert sum(s.size_bytes for s in trace.lane("copy")) == sum(
-        model.weights.layers[i].raw_slot_bytes for i in model.weights.plan.streamed
+    assert not trace.lane("copy")  # a CPU plan reads straight into its slots
+    assert sum(s.size_bytes for s in trace.lane("read")) >= sum(
+        model.weights.layers[i].file_bytes for i in model.weights.plan.streamed
     )
     check_invariants(trace)
     summary = trace.summary()
@@ -341,7 +343,7 @@ def test_a_cuda_pass_matches_the_cpu_and_keeps_the_invariants(q8_model, referenc
 def test_mmap_streams_in_place_and_equals_resident(tmp_path, mode):
     """io="mmap": an F16 file's streamed layers are computed on the mapping (no copy lane), the
     logits equal the resident model's, and each computed layer's pages leave the process."""
-    path = synthetic_llama(tmp_path / "f16.gguf", n_layers=12, dim=128, qtype="F16")
+    path = synthetic_llama(tmp_path / "f16.gguf", n_layers=12, dim=256, qtype="F16")
     want = runtime.load(path, dtype=torch.float16).logits(IDS)
     model = staging.load(path, n_resident=2, dtype=torch.float16, chunk_bytes=CHUNK, io="mmap", mode=mode)
     stager = model.weights.stager  # type: ignore[attr-defined]
@@ -353,8 +355,10 @@ def test_mmap_streams_in_place_and_equals_resident(tmp_path, mode):
     assert any("page faults on the mapped file" in note for note in trace.notes)
     largest = max(stager.layers[i].raw_slot_bytes for i in stager.order)
     held = _mapped_rss_bytes(path)  # what of the file this process still holds after two passes
-    # in flight: the layer computing and up to n_slots + 1 the reader touched ahead of it
-    assert held <= (stager.plan.n_slots + 2) * largest + 4 * 4096
+    # in flight: n_slots layers (the reader maps one only once its slot is free); besides, a fault
+    # also maps the cached pages of its 64 KiB window ("fault-around"), so up to 64 KiB at each
+    # streamed layer's edge may stay mapped after the drop
+    assert held <= stager.plan.n_slots * largest + len(stager.order) * (64 << 10)
     assert sum(stager.layers[i].raw_slot_bytes for i in stager.order) > 2 * held  # most were dropped
     model.weights.close()
 

@@ -50,6 +50,11 @@ FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate",
 Packed = tuple[torch.Tensor, str, tuple[int, ...]]  # (raw uint8 bytes, qtype, float shape)
 
 
+def slab_rows(n_cols: int, slab_bytes: int = SLAB_FLOAT32_BYTES) -> int:
+    """How many rows of an ``n_cols``-wide matrix fill ``slab_bytes`` of float32 (at least one)."""
+    return max(1, slab_bytes // (4 * n_cols))
+
+
 def matmul_layout(matrix: torch.Tensor) -> torch.Tensor:
     """``matrix`` in the memory order its matrix-vector products read fastest (see the module docstring)."""
     n_out, n_in = matrix.shape
@@ -81,7 +86,7 @@ def dequantize_rows(
     n_rows, n_cols = shape
     rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
     out = torch.empty(shape, dtype=dtype, device=raw.device)
-    step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+    step = slab_rows(n_cols)
     for start in range(0, n_rows, step):
         slab = rows[start : start + step]  # (<= step, bytes per row)
         out[start : start + step] = dequantize(slab, qtype, (slab.shape[0], n_cols), name=name).to(dtype)
@@ -166,7 +171,7 @@ class Weights:
         first = 0
         for raw, qtype, (n_rows, n_cols) in self.packed[name]:
             rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
-            step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+            step = slab_rows(n_cols)
             for start in range(0, n_rows, step):
                 slab = rows[start : start + step]
                 yield (

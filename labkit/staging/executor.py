@@ -6,18 +6,23 @@ The pipeline, as llama.cpp's async upload ring and ZeRO-Inference's layer prefet
     copy worker       staging[k] -> raw slot s; dequantize -> dense slot s   (s = seq % n_slots)
     main thread       compute layer with the tensors of slot s
 
+A CPU plan's slots are in RAM already, so there the reader ``pread``s each chunk straight into the
+raw slot (``direct``): no staging buffer, no copy, and the copy worker only dequantizes.
+
 Streamed layers get sequence numbers ``seq = 0, 1, 2, ...`` in forward order, pass after pass,
 so the workers run ahead into the next pass too. Three kinds of wait keep memory bounded:
 
 - a staging buffer is reused only after its copy finished (on a GPU: ``staging_done[k]``,
   a CUDA event recorded after the copy on the side stream);
 - a slot is overwritten only after the layer that used it ``n_slots`` layers earlier
-  finished computing (on a GPU the copy stream waits on ``compute_done[s]``);
+  finished computing (the copy worker waits for it; the reader does, when it reads into the slot
+  itself or maps the layer with ``io="mmap"``; on a GPU the copy stream waits on ``compute_done[s]``);
 - the reader stays at most ``n_slots + 1`` layers ahead of the compute.
 
 Every buffer (staging, raw slots, dense slots, resident layers) is allocated once, in
 ``__init__``. On CUDA the staging buffers are pinned and copies run on a side stream with
-``non_blocking=True``; on a CPU the "device" is RAM and the copy is a memcpy into the slot. (The copy
+``non_blocking=True``. A GPU plan run on the CPU (its copies to be projected from a link model)
+keeps the staging buffers and copies into the slot, so that every copy is there to time. (The copy
 worker leaves torch's thread count alone: ``torch.set_num_threads`` also sets MKL's, for every
 thread, and the compute's float sums would then split differently: no longer bit-equal.)
 
@@ -56,6 +61,7 @@ from labkit.staging.reader import (
     map_file,
     open_file,
     read_chunk,
+    read_exact,
     staging_buffer_bytes,
     touch_pages,
 )
@@ -103,6 +109,8 @@ class Stager:
         if io == "mmap":
             self.mapping, self.mapped = map_file(self.fd)
         self.order = plan.streamed  # the streamed layers, in forward order
+        # A CPU plan reads straight into the raw slot (in RAM already); O_DIRECT needs aligned buffers.
+        self.direct = plan.device == "cpu" and io == "pread"
         self.chunks = {
             i: layer_chunks(self.layers[i], plan.chunk_bytes) for i in self.order if plan.tier(i) == "disk"
         }
@@ -215,11 +223,18 @@ class Stager:
 
     # --- the three stages -----------------------------------------------------------------------------
 
-    def _read(self, seq: int, chunk: Chunk, k: int | None) -> torch.Tensor:
+    def _read(self, seq: int, chunk: Chunk, k: int | None, slot: int | None = None) -> torch.Tensor | None:
+        """Read one chunk: into staging buffer ``k`` (returned), or straight into raw slot ``slot``
+        (``direct``: returns None), or fault it in on the map (io="mmap": returns the mapped bytes)."""
         start = self._now()
+        view: torch.Tensor | None
         if self.mapped is not None:  # io="mmap": fault the pages in; the bytes stay where they are
             touch_pages(self.mapped, chunk.offset, chunk.n_bytes)
             view, how = self.mapped[chunk.offset : chunk.offset + chunk.n_bytes], "page faults on the map"
+        elif slot is not None:
+            target = self.raw_slots[slot][chunk.dest_offset : chunk.dest_offset + chunk.n_bytes]
+            read_exact(self.fd, chunk.offset, target)
+            view, how = None, f"pread into raw slot {slot}"
         else:
             view, how = read_chunk(self.fd, chunk, self.staging[k or 0]), f"{self.io} into staging[{k}]"
         self._record(
@@ -229,7 +244,7 @@ class Stager:
                 "read",
                 start,
                 self._now(),
-                chunk.read_bytes,
+                chunk.n_bytes if slot is not None else chunk.read_bytes,
                 "measured",
                 "host",
                 seq,
@@ -319,8 +334,14 @@ class Stager:
             if layer not in self.chunks:  # RAM tier: nothing to read, the copy worker copies from RAM
                 self._filled.put((seq, layer, None, None, self.host_raw[layer]))
             for chunk in self.chunks.get(layer, ()):
-                if self.mapped is not None:  # no staging buffer: the source is the mapped file
-                    self._filled.put((seq, layer, chunk, None, self._read(seq, chunk, None)))
+                if self.direct or self.mapped is not None:  # the read itself fills the slot: wait until
+                    slot = seq % self.plan.n_slots  # the layer n_slots back has computed
+                    if chunk.number == 0:
+                        self._slot_free[slot].acquire()
+                        if self._stop.is_set():
+                            return
+                    view = self._read(seq, chunk, None, slot if self.direct else None)
+                    self._filled.put((seq, layer, chunk, None, view))  # view: the mapped bytes, or None
                     continue
                 k = n_chunks % self.plan.n_staging
                 n_chunks += 1
@@ -339,15 +360,16 @@ class Stager:
                 return
             seq, layer, chunk, k, source = item
             slot = seq % self.plan.n_slots
-            if chunk is None or chunk.number == 0:
+            reader_took_it = chunk is not None and (self.direct or self.mapped is not None)
+            if (chunk is None or chunk.number == 0) and not reader_took_it:
                 self._slot_free[slot].acquire()
                 if self._stop.is_set():
                     return
                 if self.cuda:
                     self.copy_stream.wait_event(self._compute_done[slot])  # GPU side: slot no longer read
             with torch.cuda.stream(self.copy_stream) if self.cuda else nullcontext():
-                if layer not in self.in_place:  # computed in place on the mapped file: nothing to copy
-                    self._copy(seq, layer, chunk, source, slot)
+                if layer not in self.in_place and source is not None:  # else: nothing to copy (read
+                    self._copy(seq, layer, chunk, source, slot)  # into the slot, or computed in place)
                 if k is not None:
                     if self.cuda:
                         self._staging_done[k].record(self.copy_stream)
@@ -363,8 +385,8 @@ class Stager:
         stream = self.copy_stream
         with torch.cuda.stream(stream) if self.cuda else nullcontext():
             for n, chunk in enumerate(self.chunks.get(layer, ())):
-                view = self._read(seq, chunk, n % self.plan.n_staging)
-                if layer not in self.in_place:
+                view = self._read(seq, chunk, n % self.plan.n_staging, slot if self.direct else None)
+                if layer not in self.in_place and view is not None:
                     self._copy(seq, layer, chunk, view, slot)
                 if self.cuda:
                     stream.synchronize()
@@ -534,7 +556,8 @@ class Stager:
             + {
                 "odirect": " (page cache bypassed)",
                 "mmap": " (page faults on the mapped file; layers the file holds as computed are not copied)",
-            }.get(self.io, " (through the page cache)"),
+            }.get(self.io, " (through the page cache)")
+            + (", straight into the slots (a CPU plan: the slots are in RAM)" if self.direct else ""),
         )
         device = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         return Trace(

@@ -176,6 +176,25 @@ def read_chunk(fd: int, chunk: Chunk, buffer: torch.Tensor) -> torch.Tensor:
     return buffer[chunk.skip : chunk.skip + chunk.n_bytes]
 
 
+def read_exact(fd: int, offset: int, out: torch.Tensor) -> None:
+    """Read ``out.numel()`` bytes at ``offset`` straight into the uint8 tensor ``out`` (no alignment:
+    not for ``O_DIRECT``).
+
+    Raises:
+        StagingError: the file ended early (it changed since it was opened).
+    """
+    view = memoryview(out.numpy())  # type: ignore[arg-type]
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            raise StagingError(
+                f"the file ended at byte {offset + got} while reading [{offset}, {offset + len(view)}); "
+                "was it changed or truncated?"
+            )
+        got += n
+
+
 def map_file(fd: int) -> tuple[mmap.mmap, torch.Tensor]:
     """Map the whole file read-only; return the mapping and a zero-copy uint8 tensor over it."""
     import warnings

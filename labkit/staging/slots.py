@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from labkit.gguf import codec
+from labkit.runtime.weights import slab_rows
 from labkit.staging.layers import SLAB_FLOAT32_BYTES, DenseTensor, FilePart, LayerSpec
 
 
@@ -61,7 +62,7 @@ def dequantize_layer(
             continue
         n_rows, n_cols = part.shape
         row_bytes = part.n_bytes // n_rows
-        step = max(1, SLAB_FLOAT32_BYTES // (4 * n_cols))
+        step = slab_rows(n_cols, SLAB_FLOAT32_BYTES)
         if max_read_bytes is not None:
             step = max(1, min(step, max_read_bytes // row_bytes))
         for first in range(0, n_rows, step):

@@ -141,13 +141,18 @@ class StreamedWeights:
     # --- staging ----------------------------------------------------------------------------------------
 
     def bytes_per_pass(self) -> dict[str, int]:
-        """Bytes one pass moves, counted: read from the file, copied to the device (not the layers
-        computed in place on the mapped file, with ``io="mmap"``), dequantized."""
+        """Bytes one pass moves, counted: read from the file, copied to the device (none for the layers
+        a CPU plan reads straight into the slot, or computes in place on the mapped file), dequantized."""
         tiers = {p.index: p.tier for p in self.plan.placements}
         streamed = [lay for lay in self.layers if tiers[lay.index] != self.plan.resident_tier]
         return {
             "read": sum(lay.file_bytes for lay in streamed if tiers[lay.index] == "disk"),
-            "copy": sum(lay.raw_slot_bytes for lay in streamed if lay.index not in self.stager.in_place),
+            "copy": sum(
+                lay.raw_slot_bytes
+                for lay in streamed
+                if not (self.stager.direct and tiers[lay.index] == "disk")
+                and lay.index not in self.stager.in_place
+            ),
             "dequantize": sum(lay.dense_bytes for lay in streamed),
             "resident": sum(lay.resident_bytes for lay in self.layers if lay not in streamed),
         }
