@@ -324,6 +324,19 @@ def test_resident_layers_load_without_a_raw_copy(tmp_path):
     weights.close()
 
 
+def test_a_resident_read_wider_than_a_staging_buffer_comes_in_pieces(q8_model, reference):
+    """Resident layers are read through one staging buffer (``chunk_bytes`` + 2 pages); a tensor
+    wider than that (a norm of a 4,096-wide model with ``chunk_bytes=4096``) is read in pieces."""
+    model = staging.load(q8_model, chunk_bytes=4096)
+    stager, data = model.weights.stager, Path(q8_model).read_bytes()
+    part = max(model.weights.layers[0].parts, key=lambda p: p.n_bytes)
+    assert part.n_bytes > stager.staging[0].numel()  # wider than the buffer
+    got = stager._read_part(part, 100, part.n_bytes - 100)
+    assert bytes(got.numpy()) == data[part.file_offset + 100 : part.file_offset + part.n_bytes]
+    assert torch.equal(model.logits(IDS), reference)
+    model.weights.close()
+
+
 @pytest.mark.gpu
 def test_a_cuda_pass_matches_the_cpu_and_keeps_the_invariants(q8_model, reference):
     model = staging.load(

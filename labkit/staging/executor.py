@@ -177,10 +177,20 @@ class Stager:
 
     def _read_part(self, part: FilePart, start: int, n_bytes: int) -> torch.Tensor:
         """``n_bytes`` of a file tensor from byte ``start``, through staging buffer 0, on the device."""
-        offset = part.file_offset + start
+        offset, room = part.file_offset + start, self.plan.chunk_bytes
+        if n_bytes <= room:
+            return self._read_range(offset, n_bytes).to(self.device)
+        out = torch.empty(n_bytes, dtype=torch.uint8)  # wider than a staging buffer (a tiny chunk_bytes)
+        for at in range(0, n_bytes, room):
+            n = min(room, n_bytes - at)
+            out[at : at + n].copy_(self._read_range(offset + at, n))
+        return out.to(self.device)
+
+    def _read_range(self, offset: int, n_bytes: int) -> torch.Tensor:
+        """One aligned read (``O_DIRECT`` takes it too) into staging buffer 0: the wanted bytes' view."""
         read_start, read_end, skip, _ = aligned_range(offset, n_bytes, PAGE_BYTES)
         chunk = Chunk(-1, 0, offset, n_bytes, read_start, read_end - read_start, skip, 0)
-        return read_chunk(self.fd, chunk, self.staging[0]).to(self.device)
+        return read_chunk(self.fd, chunk, self.staging[0])
 
     def _load_resident(self) -> None:
         """Read and place the resident layers once. A layer the file holds as computed is read into
