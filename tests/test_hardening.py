@@ -147,6 +147,18 @@ def test_quantized_scales_that_overflow_f16(qtype: str, value: float) -> None:
         quant.quantize(x, qtype, name="w")
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_f16_overflows_from_exactly_65520(sign: float) -> None:
+    """65504 + half a step is where round-to-nearest-even reaches inf: the float just below is fine."""
+    below = torch.nextafter(torch.tensor(65520.0), torch.tensor(0.0))
+    x = torch.zeros(3, 32)
+    x[1, 5] = sign * below
+    assert float(quant.dequantize(quant.quantize(x, "F16"), "F16", (3, 32))[1, 5]) == sign * 65504.0
+    x[1, 5] = sign * 65520.0
+    with pytest.raises(QuantizationError, match=r"row 1, column 5 overflows F16's largest value 65504"):
+        quant.quantize(x, "F16", name="w")
+
+
 def test_q8_0_scales_just_inside_f16_are_fine() -> None:
     x = torch.randn(1, 32)
     x[0, 0] = 65504 * 127 * 0.99

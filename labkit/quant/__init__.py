@@ -79,6 +79,7 @@ _KERNELS: dict[str, tuple[Kernel, Kernel, int, int]] = {
 
 # name -> byte offsets of the block's f16 fields (scales ``d``, mins ``m``/``dmin``): see FORMATS' layouts.
 # A finite weight can still overflow them (Q8_0: |x| > 65504 * 127), and llama.cpp would store inf.
+F16_ROUNDS_TO_INF = 65520.0  # the smallest float32 magnitude that rounds to F16's inf (65504 + half a step)
 _F16_FIELDS: dict[str, tuple[int, ...]] = {
     "F16": (0,),
     "Q8_0": (0,),
@@ -132,11 +133,11 @@ def _as_float32(x: torch.Tensor | np.ndarray, label: str) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def _check_finite(x: torch.Tensor, label: str) -> None:
-    """Raise naming the first NaN/Inf by row and column (rows = all leading dims)."""
+def _check_finite(x: torch.Tensor, label: str) -> float:
+    """Raise naming the first NaN/Inf by row and column (rows = all leading dims); else return max |x|."""
     lo, hi = torch.aminmax(x)  # NaN propagates, Inf shows up: one fast pass
     if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-        return
+        return max(-float(lo), float(hi))
     finite = torch.isfinite(x)
     index = tuple(int(i) for i in (~finite).nonzero()[0])
     value = float(x[index])
@@ -152,10 +153,14 @@ def _check_no_overflow(
     out: torch.Tensor, blocks: torch.Tensor, fmt: Format, label: str, n_per_row: int
 ) -> None:
     """Raise if a finite weight gave an infinite f16 field (the value or a block's scale overflowed)."""
-    fields = out[:, [o + i for o in _F16_FIELDS.get(fmt.name, ()) for i in (0, 1)]]  # (n_blocks, 2*fields)
-    if fields.numel() == 0 or bool(torch.isfinite(fields.contiguous().view(torch.float16)).all()):
+    # Each f16 field as a zero-copy strided view (n_blocks, 1) of int16 (block sizes and offsets are
+    # even): inf or NaN exactly when its 5 exponent bits are all ones (integer ops: one fast pass).
+    overflowed = [
+        (out[:, o : o + 2].view(torch.int16) & 0x7C00) == 0x7C00 for o in _F16_FIELDS.get(fmt.name, ())
+    ]
+    if not any(bool(f.any()) for f in overflowed):
         return
-    block = int((~torch.isfinite(fields.contiguous().view(torch.float16))).any(dim=1).nonzero()[0, 0])
+    block = int(torch.cat(overflowed, dim=1).any(dim=1).nonzero()[0, 0])
     blocks_per_row = n_per_row // fmt.block_size
     row, column = divmod(block, blocks_per_row)
     biggest = float(blocks[block].abs().max())
@@ -225,12 +230,13 @@ def quantize(
             f"{fmt.block_size}; the row length must be a multiple of {fmt.block_size} "
             f"(pad the rows, or pick a type with a smaller block)"
         )
-    _check_finite(x, label)
+    largest = _check_finite(x, label)
     quantize_blocks, _, chunk, _ = _KERNELS[fmt.name]
     blocks = x.contiguous().reshape(-1, fmt.block_size)  # (n_blocks, block_size)
     out = _fresh(blocks.shape[0], fmt.type_size, torch.uint8, blocks.device)
     _run_chunks(quantize_blocks, blocks, out, chunk)
-    if not allow_overflow:
+    # F16 stores the values themselves: below 65520 they round (to nearest even) to at most 65504.
+    if not allow_overflow and not (fmt.name == "F16" and largest < F16_ROUNDS_TO_INF):
         _check_no_overflow(out, blocks, fmt, label, x.shape[-1])
     return out.reshape(*x.shape[:-1], fmt.row_bytes(n_per_row))  # (*leading, row_bytes)
 
