@@ -156,6 +156,22 @@ def test_cli_generate_streams_under_a_budget(q8_model, capsys):
     assert capsys.readouterr().out == streamed
 
 
+def test_cli_reads_with_mmap_when_asked(q8_model, capsys):
+    assert main(["generate", str(q8_model), "hello", "-n", "4", "--ram", "6600K", "--quiet"]) == 0
+    streamed = capsys.readouterr().out
+    assert (
+        main(["generate", str(q8_model), "hello", "-n", "4", "--ram", "6600K", "--quiet", "--io", "mmap"])
+        == 0
+    )
+    assert capsys.readouterr().out == streamed
+    assert main(["stage", str(q8_model), "--ram", "6600K", "--chunk", "64K", "--run", "--io", "mmap"]) == 0
+    assert "measured" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        link = ["--link", "pcie4-x16-pinned"]
+        assert main(["stage", str(q8_model), "--device", "cuda", "--vram", "64M", "--io", "mmap", *link]) == 2
+        assert "io='mmap' computes on the mapped file in RAM" in capsys.readouterr().err
+
+
 def test_cli_budget_errors_are_one_line(q8_model, capsys):
     assert main(["stage", str(q8_model), "--ram", "1M"]) == 2
     assert "smallest RAM budget that works" in capsys.readouterr().err

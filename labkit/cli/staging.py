@@ -16,7 +16,7 @@ from labkit.errors import LabkitError
 
 
 def add_budget_options(parser: argparse.ArgumentParser) -> None:
-    """``--vram SIZE`` and ``--ram SIZE`` (e.g. ``64M``, ``1G``) on a model command."""
+    """``--vram SIZE`` and ``--ram SIZE`` (e.g. ``64M``, ``1G``), and ``--io``, on a model command."""
     parser.add_argument(
         "--vram",
         type=parse_size,
@@ -30,6 +30,13 @@ def add_budget_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SIZE",
         help="RAM budget: layers beyond it stream from the file each pass",
+    )
+    parser.add_argument(
+        "--io",
+        choices=["pread", "odirect", "mmap"],
+        default="pread",
+        help="how streamed layers are read: pread (default), odirect (around the page cache), or mmap "
+        "(CPU only: computed on the mapped file; faster, but a file changed meanwhile crashes the process)",
     )
 
 
@@ -48,6 +55,7 @@ def load_streamed(args: argparse.Namespace, dtype: Any) -> object:
         ram=args.ram,
         device=args.device,
         dtype=dtype,
+        io=args.io,
         link=_link(getattr(args, "link", None)),
     )
 
@@ -99,6 +107,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         n_slots=args.slots,
         chunk_bytes=args.chunk,
         mode="serial" if args.serial else "overlap",
+        io=args.io,
         link=_link(args.link),
         context_tokens=args.context,
     )

@@ -101,7 +101,7 @@ class Stager:
         self.layers, self.plan, self.mode, self.io = list(layers), plan, mode, io
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        if io == "mmap" and self.cuda:
+        if io == "mmap" and (self.cuda or plan.device == "cuda"):  # a GPU plan's copies must be there
             raise StagingError("io='mmap' computes on the mapped file in RAM: use it with a CPU device")
         self.fd = open_file(path, io)
         self.mapping: mmap.mmap | None = None
