@@ -77,9 +77,9 @@ _KERNELS: dict[str, tuple[Kernel, Kernel, int, int]] = {
     "Q6_K": (kquants.quantize_q6_k, kquants.dequantize_q6_k, 1 << 10, 1 << 11),
 }
 
+F16_ROUNDS_TO_INF = 65520.0  # the smallest float32 magnitude that rounds to F16's inf (65504 + half a step)
 # name -> byte offsets of the block's f16 fields (scales ``d``, mins ``m``/``dmin``): see FORMATS' layouts.
 # A finite weight can still overflow them (Q8_0: |x| > 65504 * 127), and llama.cpp would store inf.
-F16_ROUNDS_TO_INF = 65520.0  # the smallest float32 magnitude that rounds to F16's inf (65504 + half a step)
 _F16_FIELDS: dict[str, tuple[int, ...]] = {
     "F16": (0,),
     "Q8_0": (0,),

@@ -53,13 +53,12 @@ from labkit.gguf.reader import drop_pages
 from labkit.staging.layers import FilePart, LayerSpec
 from labkit.staging.plan import Plan
 from labkit.staging.reader import (
-    PAGE_BYTES,
     Chunk,
     aligned_host_buffer,
-    aligned_range,
     layer_chunks,
     map_file,
     open_file,
+    range_chunk,
     read_chunk,
     read_exact,
     staging_buffer_bytes,
@@ -188,9 +187,7 @@ class Stager:
 
     def _read_range(self, offset: int, n_bytes: int) -> torch.Tensor:
         """One aligned read (``O_DIRECT`` takes it too) into staging buffer 0: the wanted bytes' view."""
-        read_start, read_end, skip, _ = aligned_range(offset, n_bytes, PAGE_BYTES)
-        chunk = Chunk(-1, 0, offset, n_bytes, read_start, read_end - read_start, skip, 0)
-        return read_chunk(self.fd, chunk, self.staging[0])
+        return read_chunk(self.fd, range_chunk(offset, n_bytes), self.staging[0])
 
     def _load_resident(self) -> None:
         """Read and place the resident layers once. A layer the file holds as computed is read into

@@ -79,6 +79,20 @@ def aligned_range(offset: int, n_bytes: int, align_bytes: int) -> tuple[int, int
     return read_start, read_end, offset - read_start, read_end - end
 
 
+def range_chunk(
+    offset: int,
+    n_bytes: int,
+    *,
+    layer: int = -1,
+    number: int = 0,
+    dest_offset: int = 0,
+    align_bytes: int = PAGE_BYTES,
+) -> Chunk:
+    """The chunk that reads ``n_bytes`` at ``offset`` with one aligned read (see ``aligned_range``)."""
+    read_start, read_end, skip, _ = aligned_range(offset, n_bytes, align_bytes)
+    return Chunk(layer, number, offset, n_bytes, read_start, read_end - read_start, skip, dest_offset)
+
+
 def layer_chunks(layer: LayerSpec, chunk_bytes: int, align_bytes: int = PAGE_BYTES) -> list[Chunk]:
     """The chunks that read one layer: each run of file bytes cut into pieces of at most ``chunk_bytes``.
 
@@ -96,17 +110,14 @@ def layer_chunks(layer: LayerSpec, chunk_bytes: int, align_bytes: int = PAGE_BYT
     for file_offset, raw_offset, n_bytes in runs:
         for start in range(0, n_bytes, chunk_bytes):
             n = min(chunk_bytes, n_bytes - start)
-            read_start, read_end, skip, _ = aligned_range(file_offset + start, n, align_bytes)
             chunks.append(
-                Chunk(
-                    layer.index,
-                    len(chunks),
+                range_chunk(
                     file_offset + start,
                     n,
-                    read_start,
-                    read_end - read_start,
-                    skip,
-                    raw_offset + start,
+                    layer=layer.index,
+                    number=len(chunks),
+                    dest_offset=raw_offset + start,
+                    align_bytes=align_bytes,
                 )
             )
     return chunks
@@ -162,17 +173,9 @@ def read_chunk(fd: int, chunk: Chunk, buffer: torch.Tensor) -> torch.Tensor:
         StagingError: the file ended early (it changed since it was opened).
     """
     view = memoryview(buffer.numpy())[: chunk.read_bytes]  # type: ignore[arg-type]
-    got = 0
-    while got < chunk.read_bytes:
-        n = os.preadv(fd, [view[got:]], chunk.read_start + got)
-        if n == 0:
-            break
-        got += n
+    got = _pread_into(fd, view, chunk.read_start)  # an aligned read may run past the end of the file
     if got < chunk.skip + chunk.n_bytes:
-        raise StagingError(
-            f"the file ended at byte {chunk.read_start + got} while reading "
-            f"[{chunk.offset}, {chunk.offset + chunk.n_bytes}); was it changed or truncated?"
-        )
+        raise _ended_early(chunk.read_start + got, chunk.offset, chunk.n_bytes)
     return buffer[chunk.skip : chunk.skip + chunk.n_bytes]
 
 
@@ -184,15 +187,26 @@ def read_exact(fd: int, offset: int, out: torch.Tensor) -> None:
         StagingError: the file ended early (it changed since it was opened).
     """
     view = memoryview(out.numpy())  # type: ignore[arg-type]
+    got = _pread_into(fd, view, offset)
+    if got < len(view):
+        raise _ended_early(offset + got, offset, len(view))
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """``pread`` into ``view`` from ``offset`` until it is full or the file ends; the bytes read."""
     got = 0
     while got < len(view):
         n = os.preadv(fd, [view[got:]], offset + got)
         if n == 0:
-            raise StagingError(
-                f"the file ended at byte {offset + got} while reading [{offset}, {offset + len(view)}); "
-                "was it changed or truncated?"
-            )
+            break
         got += n
+    return got
+
+
+def _ended_early(at: int, offset: int, n_bytes: int) -> StagingError:
+    return StagingError(
+        f"the file ended at byte {at} while reading [{offset}, {offset + n_bytes}); was it changed or truncated?"
+    )
 
 
 def map_file(fd: int) -> tuple[mmap.mmap, torch.Tensor]:

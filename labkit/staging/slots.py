@@ -9,7 +9,6 @@ load time. Also here: the process's peak RSS, which a staged pass reports beside
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,21 +83,23 @@ def _slice_of(raw: torch.Tensor) -> Callable[[FilePart, int, int], torch.Tensor]
 
 def peak_rss_bytes() -> int | None:
     """The process's peak resident set since the last ``reset_peak_rss`` (``VmHWM``), or None."""
+    return _status_bytes("VmHWM")
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set now (``VmRSS``), or None where there is no ``/proc``."""
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(key: str) -> int | None:
+    """A ``kB`` line of ``/proc/self/status`` in bytes, or None."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
-
-
-def rss_bytes() -> int | None:
-    """The process's resident set now (``/proc/self/statm``), or None where there is no ``/proc``."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def reset_peak_rss() -> bool:

@@ -62,6 +62,7 @@ class StreamedWeights:
         embedding: tuple[str, int, tuple[int, ...], int],
         dtype: torch.dtype,
         link: LinkModel | None = None,
+        tokenizer_bytes: int | None = None,
     ) -> None:
         self.path, self.layers, self.plan, self.stager, self.link = (
             Path(path),
@@ -76,7 +77,7 @@ class StreamedWeights:
         self._size_of = {t.name: t.size_bytes for lay in layers for t in lay.tensors}
         self._embedding = embedding  # (qtype, file offset, shape, n_bytes) of token_embd
         self._current: tuple[int, dict[str, torch.Tensor]] | None = None
-        self.tokenizer_bytes: int | None = None
+        self.tokenizer_bytes = tokenizer_bytes
         self._finalizer = weakref.finalize(self, stager.close)
 
     # --- what Model calls -----------------------------------------------------------------------------
@@ -321,8 +322,16 @@ def load(
             "Use plan.explain() / plan.device_map() to study it, and plan one GPU to run"
         )
     stager = Stager(path, layers, plan, device=compute_device, mode=mode, io=io)
-    streamed = StreamedWeights(path, layers, plan, stager, embedding=embedding, dtype=dtype, link=link)
-    streamed.tokenizer_bytes = tokenizer_bytes
+    streamed = StreamedWeights(
+        path,
+        layers,
+        plan,
+        stager,
+        embedding=embedding,
+        dtype=dtype,
+        link=link,
+        tokenizer_bytes=tokenizer_bytes,
+    )
     # A new KV cache holds the context the plan reserved room for; a longer one grows past the plan.
     return Model(config, tokenizer, streamed, cache_tokens=context_tokens)  # type: ignore[arg-type]
 
