@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
-def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512, use_mmap: bool = True) -> Any:
+def open_llama(
+    model_path: str | Path,
+    *,
+    n_threads: int = 2,
+    n_ctx: int = 512,
+    use_mmap: bool = True,
+    extra_bufts: bool = False,
+) -> Any:
     """Load a GGUF in llama.cpp on the CPU, keeping the logits of every position.
 
     Args:
@@ -21,6 +28,8 @@ def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512, 
         n_threads: threads for decoding and for prompt batches.
         n_ctx: context length to allocate.
         use_mmap: map the file (llama.cpp's default) or read it into buffers at load time.
+        extra_bufts: let llama.cpp repack weights into its "extra" CPU buffers (its default; off here
+            because the AMX variant crashes on some VMs, and the repacked kernels add in another order).
 
     Returns:
         A ``llama_cpp.Llama``.
@@ -29,16 +38,17 @@ def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512, 
         ImportError: llama-cpp-python is not installed (``LABKIT_LLAMA_CPP=1 ./run.sh test`` adds it).
     """
     import llama_cpp
+    import llama_cpp.llama_cpp as bindings  # the module llama_cpp.Llama reads its defaults from
 
-    original = llama_cpp.llama_model_default_params
+    original = bindings.llama_model_default_params
 
     def default_params_without_extra_bufts() -> Any:
         params = original()
-        params.use_extra_bufts = False
+        params.use_extra_bufts = extra_bufts
         return params
 
-    llama_cpp.llama_model_default_params = default_params_without_extra_bufts
-    try:
+    bindings.llama_model_default_params = default_params_without_extra_bufts  # patching the package's
+    try:  # re-export (as this function once did) leaves Llama's defaults untouched
         return llama_cpp.Llama(
             str(model_path),
             n_ctx=n_ctx,
@@ -50,4 +60,4 @@ def open_llama(model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 512, 
             verbose=False,
         )
     finally:
-        llama_cpp.llama_model_default_params = original
+        bindings.llama_model_default_params = original

@@ -79,7 +79,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--activations",
         choices=["float", "q8"],
         default="float",
-        help="q8: round each quantized matmul's input to 8-bit blocks, as llama.cpp's CPU kernels do",
+        help="q8: compute as llama.cpp's CPU backend does (8-bit activation blocks, ggml's order of every "
+        "sum): its logits to the bit, slowly (Q4_1/Q8_0 files, CPU)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_threads_option(parser)

@@ -6,7 +6,8 @@ Modules, in reading order:
 - ``weights``    how a loaded model holds its weights: dense floats or quantized bytes
 - ``kvcache``    the KV cache a model keeps between tokens
 - ``transfers``  every byte a forward pass moves, hop by hop
-- ``activations`` llama.cpp's 8-bit rounding of each quantized matmul's input (``activations="q8"``)
+- ``activations`` llama.cpp's 8-bit rounding of each quantized matmul's input
+- ``ggml_cpu``   llama.cpp's CPU arithmetic, op by op: its logits to the bit (``activations="q8"``)
 - ``model``      ``load()`` -> ``Model``: forward, generate, perplexity, summary
 - ``dtypes``     the fastest compute dtype on this machine, measured once and cached
 - ``timing``     decode speed (measured) beside the bytes each token reads (counted)

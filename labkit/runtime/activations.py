@@ -15,8 +15,10 @@ block's minimum ``m_w`` meets the *stored* sum ``s_a``, itself rounded to fp16.
 
 ``round_activations(x, "Q8_1")`` gives ``x`` as those integer dot products see it, as floats
 (``d_a * q_a``, exact in float32), plus for Q8_1 the per-block difference between ``s_a`` and
-``d_a * sum(q_a)``. A float matmul of the rounded activations with the dequantized weights,
-plus ``mins @ difference``, is then llama.cpp's product up to float summation order.
+``d_a * sum(q_a)``; ``activation_bytes`` counts what the rounded activations weigh. A float matmul
+of the rounded values is llama.cpp's product only up to the order of its additions, and that is
+not enough to follow llama.cpp over a whole model: ``labkit.runtime.ggml_cpu`` reproduces the
+order too, and every other operation (``load(..., activations="q8")``).
 
 The rounding follows the x86 (AVX) kernels of ``ggml-cpu/arch/x86/quants.c``: ``id = 127/amax``,
 ``q = round-to-nearest-even(x * id)``, ``d = amax/127`` (the portable ``_ref`` versions round ties
@@ -25,10 +27,6 @@ away from zero and multiply by ``1/d``; the two differ on rare ties by one step)
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -60,24 +58,6 @@ ACTIVATION_BLOCKS = {
     "BF16": (1, 2),
     "F32": (1, 4),
 }
-WITH_MINIMUM = ("Q4_1", "Q5_1")  # weight types whose blocks carry a minimum m (met by Q8_1's s)
-
-
-@dataclass(frozen=True)
-class ActivationPart:
-    """How the activations entering one stored matrix (or a slice of its rows) are rounded.
-
-    Attributes:
-        n_rows: output rows of the matrix this part covers (parts of a fused matrix follow in order).
-        weight_type: the file's ggml type of these rows (``"Q4_1"``, ...).
-        vec_dot_type: the type llama.cpp rounds the input to (``VEC_DOT_TYPE[weight_type]``).
-        mins: Q4_1/Q5_1 only: float32 ``(n_rows, n_cols / 32)``, each block's ``m``; else ``None``.
-    """
-
-    n_rows: int
-    weight_type: str
-    vec_dot_type: str
-    mins: torch.Tensor | None = None
 
 
 def vec_dot_type(weight_type: str) -> str:
@@ -96,22 +76,7 @@ def activation_bytes(n_values: int, activation_type: str) -> int:
     return -(-n_values // per_block) * block_bytes
 
 
-def block_mins(raw: torch.Tensor, weight_type: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Each block's minimum ``m`` of a Q4_1/Q5_1 matrix: bytes 2..3 of every block, fp16.
-
-    Args:
-        raw: the matrix's bytes (rows of whole blocks).
-        weight_type: ``"Q4_1"`` (20-byte blocks) or ``"Q5_1"`` (24-byte blocks).
-        shape: ``(n_rows, n_cols)``.
-    Returns:
-        float32 ``(n_rows, n_cols / 32)``.
-    """
-    n_rows, n_cols = shape
-    blocks = raw.reshape(n_rows, n_cols // 32, -1)  # (rows, blocks, bytes per block)
-    return blocks[:, :, 2:4].contiguous().view(torch.float16).squeeze(-1).to(torch.float32)
-
-
-def _q8_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def q8_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x86 ``quantize_row_q8_0``/``_q8_1``: blocks ``(N, 32)`` -> (q as float, d as float32, d as fp16)."""
     amax = x.abs().amax(dim=1, keepdim=True)  # (N, 1)
     inverse = torch.where(amax != 0, divide_into(127.0, amax), constant(0.0, amax))  # id = 127/amax
@@ -150,62 +115,10 @@ def round_activations(x: torch.Tensor, activation_type: str) -> tuple[torch.Tens
     blocks = x.reshape(-1, per_block)  # (N, block)
     if activation_type == "Q8_K":
         return _q8_k_blocks(blocks).view(x.shape), None
-    q, d, d16 = _q8_blocks(blocks)
+    q, d, d16 = q8_blocks(blocks)
     values = (q * d16).view(x.shape)
     if activation_type == "Q8_0":
         return values, None
     q_sum = q.sum(dim=1, keepdim=True)  # exact: at most 32 * 127
     s16 = fp16_round(d * q_sum)  # Q8_1's s, from the float32 d, stored as fp16
     return values, (s16 - d16 * q_sum).view(*x.shape[:-1], -1)
-
-
-def quantized_linear(x: torch.Tensor, weight: torch.Tensor, parts: list[ActivationPart]) -> torch.Tensor:
-    """``x @ weight.T`` with ``x`` rounded per part as llama.cpp rounds it (see the module docstring).
-
-    Args:
-        x: float32 ``(..., n_in)``.
-        weight: ``(n_out, n_in)`` dense (any float dtype; float32 keeps llama.cpp's products exact).
-        parts: the row slices of ``weight`` and their activation types, covering all ``n_out`` rows.
-    Returns:
-        float32 ``(..., n_out)``.
-    """
-    outputs, start = [], 0
-    for part in parts:
-        rows = weight if len(parts) == 1 else weight[start : start + part.n_rows]
-        values, sum_error = round_activations(x, part.vec_dot_type)
-        y = torch.nn.functional.linear(values.to(rows.dtype), rows).to(torch.float32)
-        if sum_error is not None and part.mins is not None:
-            y = y + torch.nn.functional.linear(sum_error, part.mins)  # m_w * (s - d*sum(q)) per block
-        outputs.append(y)
-        start += part.n_rows
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-
-
-def activation_plan(gguf_file: Any, names: Sequence[str]) -> dict[str, list[ActivationPart]]:
-    """For every stored matrix (fused names, as ``labkit.runtime.weights`` stores them), its parts.
-
-    Args:
-        gguf_file: an open ``labkit.gguf`` file.
-        names: the file tensors the model loads.
-    Returns:
-        stored name -> the ``ActivationPart`` of each file tensor in it, in row order (matrices only).
-    """
-    from labkit.runtime.weights import storage_plan
-
-    plan: dict[str, list[ActivationPart]] = {}
-    for stored, file_names in storage_plan(names).items():
-        infos = [gguf_file.tensors[name] for name in file_names]
-        if len(infos[0].shape) != 2:
-            continue  # norm vectors are multiplied elementwise, not by a matmul
-        plan[stored] = [
-            ActivationPart(
-                n_rows=int(info.shape[0]),
-                weight_type=info.qtype,
-                vec_dot_type=vec_dot_type(info.qtype),
-                mins=block_mins(gguf_file.raw(name), info.qtype, tuple(info.shape))
-                if info.qtype in WITH_MINIMUM
-                else None,
-            )
-            for name, info in zip(file_names, infos, strict=True)
-        ]
-    return plan

@@ -45,7 +45,7 @@ class StaticDecoder:
     """
 
     def __init__(self, model: Model, max_length: int, *, use_graph: bool = False):
-        if model.weights.packed or model.activations is not None:
+        if model.weights.packed or model.activations != "float":
             raise ModelError(
                 "StaticDecoder needs weights='dequantized' and activations='float'; load it that way"
             )

@@ -27,15 +27,14 @@ the two halves of the head as in the Hugging Face code. This runtime rotates
 adjacent pairs, as ggml does.
 
 Equal to llama.cpp? On an F32 copy of the default model the logits agree to ~0.01.
-On the Q4_1 file they differ by ~0.15 on average, because llama.cpp's CPU kernels
-round the activations to 8 bits (Q8_1 blocks) before every quantized matmul; the
-top-1 token is still the same at every position of the test prompt, and on other
-text can differ only at near-ties (tests/test_model_llama_cpp.py). With
-``load(..., activations="q8")`` labkit rounds them the same way (``labkit.runtime.activations``),
-and keeps its KV cache in float16 as llama.cpp does. Given bit-identical inputs that reproduces
-llama.cpp's products (its head's logits to 1e-5), but over a whole model ulp-level differences in
-norms, softmax and RoPE move a few values across 8-bit rounding boundaries, and those steps add
-up: the logits do NOT follow llama.cpp's to 0.02 (measured in bench/results/runtime.md).
+On the Q4_1 file they differ by ~0.3, because llama.cpp's CPU kernels round the activations
+to 8 bits (Q8_1 blocks) before every quantized matmul and labkit's float mode does not; the
+top-1 token is still the same at every position of the test prompt, and on other text can
+differ at near-ties (tests/test_model_llama_cpp.py). ``load(..., activations="q8")`` computes
+the whole forward pass with llama.cpp's CPU arithmetic instead (``labkit.runtime.ggml_cpu``):
+the same roundings, float16 KV cache and order of additions, and then the logits are
+llama.cpp's *to the bit* (measured against llama.cpp on this lab's x86 machine). That mode is
+slow; it exists to show that the difference is arithmetic, not a different model.
 
 Which compute dtype is fastest depends on the CPU; ``load(path)`` without a ``dtype``
 measures it once per machine and remembers it (``labkit.runtime.dtypes``).
@@ -45,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,18 +52,18 @@ import torch
 import torch.nn.functional as F
 
 from labkit.errors import ModelError
-from labkit.runtime.activations import ActivationPart, activation_plan, quantized_linear
 from labkit.runtime.kvcache import KVCache
 from labkit.runtime.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
 from labkit.runtime.transfers import NullLog, TransferLog
-from labkit.runtime.weights import Weights
+from labkit.runtime.weights import Weights, slab_rows
 
 if TYPE_CHECKING:
     from labkit.runtime.dtypes import DtypeChoice
+    from labkit.runtime.ggml_cpu import IntegerMatrix
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
-ACTIVATION_MODES = ("float", "q8")  # q8: rounded as llama.cpp's CPU kernels round them
+ACTIVATION_MODES = ("float", "q8")  # q8: llama.cpp's CPU arithmetic, op for op (labkit.runtime.ggml_cpu)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_TENSORS = (
     "attn_norm",
@@ -165,10 +164,12 @@ def load(
         dtype: compute dtype of the matmul weights (``torch.float32``, ``torch.bfloat16`` or
             ``torch.float16``). ``None``: the fastest of the three on this machine whose top-1 tokens
             equal float32's, measured once and cached (``labkit.runtime.dtypes``; the choice and its
-            reason are in ``model.summary()``). With ``activations="q8"``, ``None`` means float32.
+            reason are in ``model.summary()``). With ``activations="q8"`` the dtype is float32.
         weights: ``"dequantized"`` (dense floats) or ``"quantized"`` (packed bytes, dequantized per block).
-        activations: ``"float"`` (default) or ``"q8"``: round each quantized matmul's input to the
-            8-bit blocks llama.cpp's CPU kernels use (``labkit.runtime.activations``).
+            With ``activations="q8"``: integer weights unpacked once at load, or per block on use.
+        activations: ``"float"`` (default) or ``"q8"``: compute as llama.cpp's CPU backend does, each
+            quantized matmul's input rounded to 8-bit blocks and every other operation in ggml's own
+            arithmetic (``labkit.runtime.ggml_cpu``; CPU only, Q4_1/Q8_0 weights, slow).
     Returns:
         The model, with its tokenizer and config.
     Raises:
@@ -188,8 +189,13 @@ def load(
     if dtype is not None and dtype not in DTYPES.values():
         raise ModelError(f"dtype={dtype}; choose torch.float32, torch.bfloat16 or torch.float16 (or None)")
     choice = None
-    if dtype is None and activations == "q8":
-        dtype = torch.float32  # the rounded activations times float32 weights are exact products
+    if activations == "q8":
+        if _device_type(device) != "cpu" or dtype not in (None, torch.float32):
+            raise ModelError(
+                f"activations='q8' reproduces llama.cpp's CPU arithmetic in float32 on the CPU; "
+                f"device={device!r}, dtype={dtype} were asked for: use device='cpu' and dtype=None"
+            )
+        dtype = torch.float32
     elif dtype is None:
         from labkit.runtime.dtypes import choose_dtype
 
@@ -206,14 +212,39 @@ def load(
                 f"({len(missing)} missing); a llama block needs {list(BLOCK_TENSORS)}"
             )
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
-        store = Weights(gguf_file, names, mode=weights, dtype=dtype, device=torch.device(device))
-        plan = activation_plan(gguf_file, names) if activations == "q8" else None
-    if plan is not None:
-        plan = {
-            name: [p if p.mins is None else replace(p, mins=p.mins.to(store.device)) for p in parts]
-            for name, parts in plan.items()
-        }
-    return Model(config, tokenizer, store, activations=plan, dtype_choice=choice)
+        store_mode = "quantized" if activations == "q8" else weights  # q8 multiplies the file's integers
+        store = Weights(gguf_file, names, mode=store_mode, dtype=dtype, device=torch.device(device))
+    model = Model(config, tokenizer, store, activations=activations, dtype_choice=choice)
+    if activations == "q8":
+        model.ggml_weights = _integer_weights(store, unpack_now=weights == "dequantized")
+    return model
+
+
+def _integer_weights(store: Weights, *, unpack_now: bool) -> dict[str, list[IntegerMatrix]] | None:
+    """Every matrix of ``store`` as ``IntegerMatrix`` parts (``unpack_now``), or ``None`` to unpack
+    each block's matrices when the forward pass reaches it. Raises ``ModelError`` for a matrix type
+    ``labkit.runtime.ggml_cpu`` does not reproduce."""
+    from labkit.runtime.ggml_cpu import EXACT_WEIGHT_TYPES, IntegerMatrix
+
+    dense_matrices = [name for name, tensor in store.dense.items() if tensor.dim() == 2]
+    if dense_matrices:
+        raise ModelError(
+            f"activations='q8' reproduces llama.cpp's quantized matmuls; {dense_matrices[0]!r} is stored "
+            "as floats in this file: load it with activations='float'"
+        )
+    for name, parts in store.packed.items():
+        for _, qtype, _ in parts:
+            if qtype not in EXACT_WEIGHT_TYPES:
+                raise ModelError(
+                    f"activations='q8' reproduces llama.cpp's arithmetic for {list(EXACT_WEIGHT_TYPES)} "
+                    f"weights; {name!r} is {qtype}: load this file with activations='float'"
+                )
+    if not unpack_now:
+        return None
+    return {
+        name: [IntegerMatrix.from_bytes(raw, qtype, shape) for raw, qtype, shape in parts]
+        for name, parts in store.packed.items()
+    }
 
 
 def _device_type(device: str | torch.device) -> str:
@@ -280,30 +311,6 @@ def causal_mask(n_new: int, n_total: int, device: torch.device) -> torch.Tensor 
     return torch.ones(n_new, n_total, dtype=torch.bool, device=device).tril(n_total - n_new)
 
 
-def attention_in_float16(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Grouped-query attention with llama.cpp's CPU roundings (no flash attention, float16 KV cache).
-
-    ggml multiplies a float16 matrix by a float32 one by first rounding the float32 side to float16
-    (F16's ``vec_dot_type``), so ``q`` is rounded before ``q k^T`` and the softmax weights before
-    ``@ v``; products and sums stay float32.
-
-    Args:
-        q: ``(B, H, T, D)``; k, v: ``(B, Hkv, S, D)`` (float16 from the cache); mask: ``(T, S)`` or ``None``.
-    Returns:
-        float32 ``(B, H, T, D)``.
-    """
-    B, H, T, D = q.shape
-    n_kv = k.shape[1]
-    q16 = q.to(torch.float16).float().reshape(B, n_kv, H // n_kv * T, D)  # (B, Hkv, group*T, D)
-    scores = q16 @ k.float().transpose(-1, -2) * (1.0 / D**0.5)  # (B, Hkv, group*T, S)
-    if mask is not None:
-        scores = scores.unflatten(2, (H // n_kv, T)).masked_fill(~mask, float("-inf")).flatten(2, 3)
-    weights = scores.softmax(dim=-1).to(torch.float16).float()
-    return (weights @ v.float()).reshape(B, H, T, D)
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` computed in the weight's dtype, returned in ``x``'s dtype (the float32 residual stream)."""
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
@@ -323,14 +330,15 @@ class Model:
         tokenizer: Tokenizer,
         weights: Weights,
         *,
-        activations: dict[str, list[ActivationPart]] | None = None,
+        activations: str = "float",
         dtype_choice: DtypeChoice | None = None,
         cache_tokens: int = 256,
     ):
         self.config, self.tokenizer, self.weights = config, tokenizer, weights
         self.cache_tokens = cache_tokens  # positions a new KV cache holds at first (it doubles when full)
         self.device, self.dtype = weights.device, weights.dtype
-        self.activations = activations  # stored name -> how its input is rounded; None: plain floats
+        self.activations = activations  # "float", or "q8": llama.cpp's CPU arithmetic (ggml_cpu)
+        self.ggml_weights: dict[str, list[IntegerMatrix]] | None = None  # q8: matrices unpacked at load
         self.dtype_choice = dtype_choice  # why load() picked self.dtype, when the caller did not
         self._rotations = torch.empty(0, config.rope_dim // 2, dtype=torch.complex64, device=self.device)
         self.head_name = "token_embd.weight" if config.tied_embeddings else "output.weight"
@@ -348,26 +356,26 @@ class Model:
         dtype = str(self.dtype).removeprefix("torch.")
         how = self.dtype_choice.reason if self.dtype_choice is not None else "chosen by the caller"
         mode = "quantized bytes" if self.weights.packed else "dequantized floats"
+        resident = self.weights.total_bytes
+        if self.activations == "q8":
+            how = "llama.cpp's CPU arithmetic is float32"
+            mode += ", unpacked to integers " + ("at load" if self.ggml_weights is not None else "as used")
+            resident += sum(part.nbytes for parts in (self.ggml_weights or {}).values() for part in parts)
         activations = (
-            "rounded to llama.cpp's 8-bit blocks before each quantized matmul (activations='q8')"
-            if self.activations is not None
+            "llama.cpp's CPU arithmetic: 8-bit blocks into each quantized matmul, ggml's order and "
+            "roundings everywhere (activations='q8')"
+            if self.activations == "q8"
             else "float32 (activations='float')"
         )
         return "\n".join(
             [
                 f"llama: {c.n_layers} layers, dim {c.dim}, {c.n_heads} heads ({c.n_kv_heads} KV heads), "
                 f"vocab {c.vocab_size}, context {c.context_length}",
-                f"weights: {mode}, {self.weights.total_bytes / 1e6:.1f} MB resident on {self.device} (counted)",
+                f"weights: {mode}, {resident / 1e6:.1f} MB resident on {self.device} (counted)",
                 f"compute dtype: {dtype} ({how})",
                 f"activations: {activations}",
             ]
         )
-
-    def _linear(self, x: torch.Tensor, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T`` for the stored matrix ``name``, its input rounded as llama.cpp does when asked."""
-        if self.activations is None or name not in self.activations:
-            return linear(x, weight)
-        return quantized_linear(x, weight, self.activations[name])
 
     def rotations(self, start: int, end: int) -> torch.Tensor:
         """RoPE rotations of positions ``start..end-1`` ``(T, rope_dim/2)``, from a table grown on demand."""
@@ -387,7 +395,7 @@ class Model:
         """An empty KV cache (``dtype`` defaults to the compute dtype, float16 with activations='q8')."""
         c = self.config
         if dtype is None:  # llama.cpp's float16 cache when following its numerics
-            dtype = torch.float16 if self.activations is not None else self.dtype
+            dtype = torch.float16 if self.activations == "q8" else self.dtype
         return KVCache(
             n_layers=c.n_layers,
             n_kv_heads=c.n_kv_heads,
@@ -436,17 +444,19 @@ class Model:
         ids = log.to_device(ids, "input ids in")
         x = self.weights.rows("token_embd.weight", ids).float()  # (B, T, C) the residual stream, float32
         log.add("embedding rows read", ids.numel() * self.weights.row_bytes("token_embd.weight"))
+        if self.activations == "q8":
+            return log.to_host(self._forward_as_llama_cpp(x, past, cache, log), "logits out")
         T, S = ids.shape[1], past + ids.shape[1]  # new positions, all positions
         rotations = self.rotations(past, S)  # (T, rope_dim/2)
         mask = causal_mask(T, S, self.device)  # shared by all blocks, like the rotations
         for layer in range(c.n_layers):
-            w, names = self._block_weights(layer, log), self.block_names[layer]
+            w = self._block_weights(layer, log)
             x = x + self._attention(
                 rms_norm(x, w["attn_norm"], c.rms_eps), w, layer, rotations, mask, cache, log
             )
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            gate, up = self._linear(h, names["ffn_gate_up"], w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)
-            x = x + self._linear(F.silu(gate) * up, names["ffn_down"], w["ffn_down"])  # (B, T, C)
+            gate, up = linear(h, w["ffn_gate_up"]).split(c.ffn_dim, dim=-1)
+            x = x + linear(F.silu(gate) * up, w["ffn_down"])  # (B, T, C)
             log.add("activations to next layer", x, layer=layer, source="cores", destination=log.memory)
         if cache is not None:
             cache.advance(ids.shape[1])
@@ -454,7 +464,7 @@ class Model:
         logits = torch.empty(*x.shape[:-1], c.vocab_size, device=self.device)  # (B, T, vocab) float32
         dequantized = 0
         for first, rows in self.weights.row_slabs(self.head_name):  # in "quantized" mode, a slab at a time
-            logits[..., first : first + rows.shape[0]] = self._linear(x, self.head_name, rows)
+            logits[..., first : first + rows.shape[0]] = linear(x, rows)
             dequantized += rows.nbytes
         head_bytes = self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(
             self.head_name
@@ -463,6 +473,86 @@ class Model:
         if self.head_name in self.weights.packed:
             log.add("weights dequantized", dequantized, source="cores", destination=log.memory)
         return log.to_host(logits, "logits out")
+
+    def _forward_as_llama_cpp(
+        self, x: torch.Tensor, past: int, cache: KVCache | None, log: TransferLog
+    ) -> torch.Tensor:
+        """``forward`` with ``activations="q8"``: the same blocks, each operation in llama.cpp's CPU
+        arithmetic (``labkit.runtime.ggml_cpu``), one sequence of the batch at a time.
+
+        Args:
+            x: float32 ``(B, T, C)`` embeddings of the new tokens.
+            past: positions already cached.
+            cache: the float16 KV cache (``None``: a temporary one).
+            log: receives the weight reads and the hops between blocks.
+        Returns:
+            float32 logits ``(B, T, vocab)``.
+        """
+        from labkit.runtime import ggml_cpu
+
+        c = self.config
+        B, T, _ = x.shape
+        cache = cache if cache is not None else self.new_cache(batch=B)
+        cos, sin = ggml_cpu.rope_table(past, past + T, c.rope_base, c.rope_dim)
+        n_qk = c.n_heads + c.n_kv_heads
+        for layer in range(c.n_layers):
+            names = self.block_names[layer]
+            log.add("weights read", self.block_bytes[layer], layer=layer)
+
+            def matmul(h: torch.Tensor, short: str, names: dict[str, str] = names) -> torch.Tensor:
+                """One stored matrix times each sequence's rows: ``(B, T, n_in) -> (B, T, n_out)``."""
+                return self._ggml_linear(h, names[short])
+
+            norm = self.weights.dense[names["attn_norm"]]
+            heads = matmul(ggml_cpu.rms_norm(x, norm, c.rms_eps), "attn_qkv").unflatten(
+                -1, (n_qk + c.n_kv_heads, c.head_dim)
+            )  # (B, T, H+2Hkv, D)
+            q = ggml_cpu.rope(heads[:, :, : c.n_heads].flatten(0, 1), cos.repeat(B, 1), sin.repeat(B, 1))
+            k = ggml_cpu.rope(heads[:, :, c.n_heads : n_qk].flatten(0, 1), cos.repeat(B, 1), sin.repeat(B, 1))
+            q, k = q.unflatten(0, (B, T)), k.unflatten(0, (B, T))
+            k_all, v_all = cache.update(layer, k.transpose(1, 2), heads[:, :, n_qk:].transpose(1, 2))
+            out = torch.stack(
+                [
+                    ggml_cpu.attention(q[b], k_all[b].transpose(0, 1), v_all[b].transpose(0, 1), past)
+                    for b in range(B)
+                ]
+            )  # (B, T, C)
+            x = x + matmul(out, "attn_output")
+            gate, up = matmul(
+                ggml_cpu.rms_norm(x, self.weights.dense[names["ffn_norm"]], c.rms_eps), "ffn_gate_up"
+            ).split(c.ffn_dim, dim=-1)
+            x = x + matmul(ggml_cpu.silu(gate) * up, "ffn_down")
+            log.add("activations to next layer", x, layer=layer, source="cores", destination=log.memory)
+        cache.advance(T)
+        x = ggml_cpu.rms_norm(x, self.weights.dense["output_norm.weight"], c.rms_eps)
+        log.add(
+            "weights read",
+            self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(self.head_name),
+        )
+        return self._ggml_linear(x, self.head_name)
+
+    def _ggml_linear(self, h: torch.Tensor, name: str) -> torch.Tensor:
+        """``h @ W.T`` for the stored matrix ``name``, in llama.cpp's arithmetic: ``(B, T, n_in) -> (B, T, n_out)``."""
+        from labkit.runtime import ggml_cpu
+
+        pieces = [torch.stack([ggml_cpu.linear(row, rows) for row in h]) for rows in self._integer_rows(name)]
+        return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
+
+    def _integer_rows(self, name: str) -> Iterator[IntegerMatrix]:
+        """A stored matrix as integers and scales, top to bottom: its parts as unpacked at load, or
+        unpacked now from the packed bytes a slab of rows at a time (the tied head of the default
+        model would take 28 MB at once)."""
+        from labkit.runtime.ggml_cpu import IntegerMatrix
+
+        if self.ggml_weights is not None:
+            yield from self.ggml_weights[name]
+            return
+        for raw, qtype, (n_rows, n_cols) in self.weights.packed[name]:
+            rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
+            step = slab_rows(n_cols)
+            for start in range(0, n_rows, step):
+                slab = rows[start : start + step]
+                yield IntegerMatrix.from_bytes(slab, qtype, (slab.shape[0], n_cols))
 
     def _block_weights(self, layer: int, log: TransferLog) -> dict[str, torch.Tensor]:
         """One block's tensors as floats (dequantized here in ``"quantized"`` mode), with their reads logged."""
@@ -493,8 +583,7 @@ class Model:
         """Grouped-query self-attention of the ``T`` new positions over all ``S``: ``(B, T, C) -> (B, T, C)``."""
         c = self.config
         B, T, _ = h.shape
-        names = self.block_names[layer]
-        heads = self._linear(h, names["attn_qkv"], w["attn_qkv"]).unflatten(
+        heads = linear(h, w["attn_qkv"]).unflatten(
             -1, (c.n_heads + 2 * c.n_kv_heads, c.head_dim)
         )  # (B, T, H+2Hkv, D)
         qk = rope(heads[:, :, : c.n_heads + c.n_kv_heads], rotations)  # q and k heads turn by the same angles
@@ -510,14 +599,12 @@ class Model:
                 destination=log.memory,
             )
             log.add("kv read", 2 * k.numel() * k.element_size(), layer=layer)
-        if self.activations is not None:
-            out = attention_in_float16(q, k, v, mask)  # (B, H, T, D), as llama.cpp's CPU kernels
-        else:  # softmax(q k^T / sqrt(D), masked) v; each KV head serves n_heads / n_kv_heads query heads
-            out = F.scaled_dot_product_attention(
-                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True
-            )  # (B, H, T, D)
+        # softmax(q k^T / sqrt(D), masked) v; each KV head serves n_heads / n_kv_heads query heads
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True
+        )  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, c.dim)  # (B, T, C)
-        return self._linear(out, names["attn_output"], w["attn_output"])
+        return linear(out, w["attn_output"])
 
     def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Float32 logits ``(T, vocab)`` for one whole sequence (through a temporary KV cache)."""
