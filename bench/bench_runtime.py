@@ -329,7 +329,8 @@ def numerics_lines(quick: bool) -> list[str]:
     n_tokens = 16 if quick else fixture["n_greedy"]
     lines = [
         f"Numerics vs llama.cpp (stored by scripts/make_llama_cpp_numerics_fixture.py, llama-cpp-python "
-        f"{fixture['llama_cpp_python']}, {fixture['settings']}; {len(cases)} prompts, greedy {n_tokens} "
+        f"{fixture['llama_cpp_python']}, {', '.join(f'{k} {v}' for k, v in fixture['settings'].items())}; "
+        f"{len(cases)} prompts, greedy {n_tokens} "
         "tokens; targets for 'q8': last-position logits within 0.02, greedy equal on >= 9 of 10):",
         "",
         "| activations | last-position max abs diff (64 best logits), per prompt | greedy equal "
