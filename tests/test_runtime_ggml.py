@@ -62,6 +62,10 @@ def test_rms_norm_and_rope_follow_their_formulas() -> None:
     turned = ggml_cpu.rope(pairs, cos, sin)
     norms = lambda t: t.unflatten(-1, (32, 2)).norm(dim=-1)  # noqa: E731 (a rotation keeps each pair's length)
     assert torch.allclose(norms(turned), norms(pairs), rtol=1e-5)
+    partial = ggml_cpu.rope(pairs, cos[:, :8], sin[:, :8])  # rope_dim 16 of head_dim 64
+    assert torch.equal(partial[..., :16], turned[..., :16]) and torch.equal(
+        partial[..., 16:], pairs[..., 16:]
+    )
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
