@@ -42,13 +42,15 @@ def open_llama(
 
     original = bindings.llama_model_default_params
 
-    def default_params_without_extra_bufts() -> Any:
+    def default_params() -> Any:
         params = original()
         params.use_extra_bufts = extra_bufts
         return params
 
-    bindings.llama_model_default_params = default_params_without_extra_bufts  # patching the package's
-    try:  # re-export (as this function once did) leaves Llama's defaults untouched
+    # Llama reads its defaults from llama_cpp.llama_cpp; patching the package's re-export (as this
+    # function once did) changed nothing.
+    bindings.llama_model_default_params = default_params
+    try:
         return llama_cpp.Llama(
             str(model_path),
             n_ctx=n_ctx,

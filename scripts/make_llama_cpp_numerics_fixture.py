@@ -8,9 +8,9 @@ It writes ``tests/fixtures/llama_cpp/smollm2_135m_q4_1_numerics.json``: for each
 code, a list, numbers, a chat turn, another language, ...) its token ids (labkit's tokenizer is
 checked equal to llama.cpp's elsewhere), llama.cpp's 64 largest logits at the last position with
 their ids, and its greedy continuation of 64 tokens (argmax over its logits, no sampler) with the
-lead of the chosen token over the runner-up at each step. ``tests/test_runtime_activations.py``
-compares labkit's ``activations="q8"`` and ``"float"`` modes with it; ``bench/bench_runtime.py``
-reports the same comparison in ``bench/results/runtime.md``.
+lead of the chosen token over the runner-up at each step. ``tests/test_runtime_ggml.py`` checks
+labkit's ``activations="q8"`` against it (equal bit for bit); ``bench/bench_runtime.py`` reports
+both modes against it in ``bench/results/runtime.md``.
 
 llama.cpp runs on the CPU with 2 threads, its default float16 KV cache, no flash attention,
 ``use_extra_bufts = False`` (``labkit.peers.open_llama``).
@@ -97,7 +97,15 @@ def main() -> int:
             "size_bytes": model_path.stat().st_size,
             "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         },
-        "settings": {"device": "cpu", "n_threads": 2, "n_ctx": 256, "kv_cache": "f16", "flash_attn": False},
+        "settings": {
+            "device": "cpu",
+            "n_threads": 2,
+            "n_ctx": 256,
+            "kv_cache": "f16",
+            "flash_attn": False,
+            "use_extra_bufts": False,
+            "use_mmap": True,
+        },
         "n_greedy": N_GREEDY,
         "cases": cases,
     }

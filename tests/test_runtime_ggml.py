@@ -97,10 +97,10 @@ def test_float16_sums_take_ggml_lane_orders() -> None:
     big = torch.zeros(64)
     big[0], big[16:64:16] = 2.0**24, 1.0
     assert ggml_cpu._dot_tinyblas(big) == 2.0**24  # lane 0 adds 1 three times, each rounded away
-    assert ggml_cpu._dot_vec_f16(big) == 2.0**24 + 2  # registers 1..3 sum 1+1 before meeting 2^24
+    assert ggml_cpu._dot_vec_f16(big) == 2.0**24 + 2  # r0 + r2 loses its 1; then r1 + r3 = 2 is added whole
 
 
-def test_q8_option_refuses_what_it_cannot_reproduce(tmp_path: Path) -> None:
+def test_q8_option_refuses_what_it_cannot_reproduce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     q5 = synthetic_llama(tmp_path / "q5.gguf", qtype="Q5_0")
     with pytest.raises(ModelError, match="Q5_0"):
         load(q5, activations="q8")
@@ -112,11 +112,24 @@ def test_q8_option_refuses_what_it_cannot_reproduce(tmp_path: Path) -> None:
         load(q8, dtype=torch.bfloat16, activations="q8")
     with pytest.raises(ModelError, match="activations='int4'"):
         load(q8, activations="int4")
+    with pytest.raises(ModelError, match="Q5_0"):
+        ggml_cpu.IntegerMatrix.from_bytes(torch.zeros(22, dtype=torch.uint8), "Q5_0", (1, 32))
+    model = load(q8, activations="q8")
+    with pytest.raises(ModelError, match="float16 KV cache"):
+        model.forward([1, 2], model.new_cache(dtype=torch.float32))
+
+    def no_library() -> None:
+        raise ModelError("no C math library: use activations='float'")
+
+    monkeypatch.setattr(ggml_cpu, "c_math_library", no_library)
+    with pytest.raises(ModelError, match="activations='float'"):
+        load(q8, activations="q8")  # at load, not at the first token
 
 
-def test_q8_weight_modes_give_the_same_bits(tmp_path: Path) -> None:
+def test_q8_weight_modes_give_the_same_bits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = synthetic_llama(tmp_path / "q4.gguf", qtype="Q4_1", n_layers=2, dim=64, vocab_size=300)
     unpacked = load(path, activations="q8")
+    monkeypatch.setattr("labkit.runtime.ggml_forward.slab_rows", lambda n_cols: 50)  # the head in 6 slabs
     packed = load(path, activations="q8", weights="quantized")
     assert unpacked.dtype == torch.float32 and unpacked.new_cache().dtype == torch.float16
     assert "activations='q8'" in unpacked.summary()
@@ -124,6 +137,21 @@ def test_q8_weight_modes_give_the_same_bits(tmp_path: Path) -> None:
     assert torch.equal(unpacked.logits(ids), packed.logits(ids))
     float_mode = load(path, dtype=torch.float32).logits(ids)
     assert (unpacked.logits(ids) - float_mode).abs().max() < 0.5  # rounding noise, not another model
+
+
+def test_q8_pieces_and_batches_give_the_same_bits(tmp_path: Path) -> None:
+    model = load(
+        synthetic_llama(tmp_path / "q4.gguf", qtype="Q4_1", n_layers=2, dim=64, vocab_size=300),
+        activations="q8",
+    )
+    ids = [5, 17, 200, 3, 99, 42]
+    whole = model.logits(ids)  # (T, vocab): one prompt pass
+    cache = model.new_cache()
+    model.forward(ids[:2], cache)
+    assert torch.equal(model.forward(ids[2:], cache)[0], whole[2:])  # the rest after a cached piece
+    other = [7, 8, 9, 10, 11, 12]
+    batch = model.forward(torch.tensor([ids, other]), None)  # (2, T, vocab), no cache kept
+    assert torch.equal(batch[0], whole) and torch.equal(batch[1], model.logits(other))
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +164,7 @@ def smol_q8(default_model: Path):
     return load(default_model, activations="q8")
 
 
+@pytest.mark.slow
 def test_last_logits_equal_llama_cpp_on_every_prompt(smol_q8, numerics: dict) -> None:
     for case in numerics["cases"]:
         logits = smol_q8.logits(case["ids"])[-1].double()
@@ -143,6 +172,7 @@ def test_last_logits_equal_llama_cpp_on_every_prompt(smol_q8, numerics: dict) ->
         assert torch.equal(logits[case["last_top_ids"]], stored), case["text"]
 
 
+@pytest.mark.slow
 def test_greedy_continuations_equal_llama_cpp(smol_q8, numerics: dict) -> None:
     cases = sorted(numerics["cases"], key=lambda case: min(case["greedy_margins"]))[:GREEDY_CASES]
     assert min(cases[0]["greedy_margins"]) < 0.05  # the test includes a near-tie llama.cpp resolved
@@ -151,6 +181,7 @@ def test_greedy_continuations_equal_llama_cpp(smol_q8, numerics: dict) -> None:
         assert got == case["greedy_ids"], case["text"]
 
 
+@pytest.mark.slow
 @pytest.mark.llama_cpp
 def test_live_logits_equal_llama_cpp(smol_q8, default_model: Path) -> None:
     np = pytest.importorskip("numpy")

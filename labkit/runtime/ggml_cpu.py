@@ -3,11 +3,12 @@
 Why bit for bit? llama.cpp rounds the input of every quantized matmul to 8-bit blocks
 (``labkit.runtime.activations``). Rounding has boundaries: a value a hair below ``k + 0.5`` steps
 of its block becomes ``k``, a hair above becomes ``k + 1``. So a difference of one float ulp
-*before* the rounding can become a whole 8-bit step after it. Measured on the default model: an RMS
-norm that differs from ggml's in the last bit of a third of its outputs moved 2 of 2,880 rounded
-values by a step, and that alone changed the first layer's queries by 2e-3; after 30 layers the
-logits differed by ~0.3. Matching llama.cpp therefore means matching *every* operation exactly:
-the same formula, the same float32 roundings, the same order of additions.
+*before* the rounding can become a whole 8-bit step after it. Measured on the default model and the
+first test prompt (5 tokens): torch's RMS norm differs from ggml's in the last bit of a third of its
+2,880 outputs; after rounding, 2 of them are a whole step apart, and that alone changed the first
+layer's queries by 2e-3; after 30 layers the logits differed by a few tenths. Matching llama.cpp
+therefore means matching *every* operation exactly: the same formula, the same float32 roundings,
+the same order of additions.
 
 What each function reproduces (ggml's CPU backend, ``ggml/src/ggml-cpu``)::
 
@@ -26,10 +27,15 @@ Scope, said plainly: this is the arithmetic of llama.cpp built for an x86-64 CPU
 AVX512DQ (what llama-cpp-python compiles on the lab machine), flash attention off, a float16 KV
 cache, no repacked "extra" weight buffers. Another build (AVX2 only, ARM, a GPU) adds in another
 order and llama.cpp's own logits differ between machines by about as much as labkit's did. The
-weight types covered are Q4_1 and Q8_0, the default model's (Q4_1 with a Q8_0 head).
-Checked by ``tests/test_runtime_ggml.py``: the logits equal llama.cpp's bit for bit (10 stored
-prompts, greedy continuations of 64 tokens, and live). While it was written, each function was
-matched to llama.cpp's own intermediate tensors, read through its eval callback (``cb_eval``).
+weight types covered are Q4_1 and Q8_0, the default model's (Q4_1 with a Q8_0 head). Two more
+assumptions, true of llama.cpp's defaults: its KV length is padded to a multiple of 256 (so the
+zero padding below adds nothing it does not), and a prompt reaches it in one batch (labkit feeds
+prompts in pieces of 256 tokens; a last piece of one token would take the one-token kernels).
+Checked by ``tests/test_runtime_ggml.py``: the 64 largest last-position logits of 10 stored prompts
+equal llama.cpp's bit for bit, two of their greedy continuations of 64 tokens are equal (the
+benchmark replays all 10), and a live prompt's logits at every position and 4 decoded tokens equal
+llama.cpp's. While it was written, each function was matched to llama.cpp's own intermediate
+tensors, read through its eval callback (``cb_eval``).
 
 Each float32 fused multiply-add ``fma(a, b, c)`` is computed in float64 and rounded once: ``a*b``
 is exact in float64, so only the final rounding remains (it differs from a true fma only when the
@@ -50,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.errors import ModelError
+from labkit.formats import FORMATS
 from labkit.runtime.activations import q8_blocks
 
 FLOAT32, FLOAT64 = torch.float32, torch.float64
@@ -76,18 +83,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     ggml squares in float32, adds the squares in double, divides the sum by the width in double,
     rounds the mean to float32, and scales by ``1.0f / sqrtf(mean + eps)``.
     """
-    squares = (x * x).to(FLOAT64).sum(dim=-1, keepdim=True)  # exact: float32 squares fit a double sum
+    squares = (x * x).to(FLOAT64).sum(dim=-1, keepdim=True)  # in double, as ggml (its order: unseen here)
     mean = (squares / x.shape[-1]).to(FLOAT32)
     root = torch.sqrt((mean + _f32(eps)).to(FLOAT64)).to(FLOAT32)  # sqrtf: correctly rounded
     return (x * (_f32(1.0) / root)) * weight
 
 
 @functools.cache
-def _libm() -> ctypes.CDLL | None:
-    """The C math library llama.cpp calls ``cosf``/``sinf``/``powf`` from (``None`` if not found)."""
+def c_math_library() -> ctypes.CDLL:
+    """The C math library llama.cpp calls ``cosf``/``sinf``/``powf`` from.
+
+    Raises:
+        ModelError: none was found on this system.
+    """
     name = ctypes.util.find_library("m")
     if name is None:
-        return None
+        raise ModelError(
+            "activations='q8' calls the C math library's cosf/sinf, as llama.cpp does, and none was found "
+            "on this system: use activations='float'"
+        )
     library = ctypes.CDLL(name)
     for function, n_args in (("cosf", 1), ("sinf", 1), ("powf", 2)):
         getattr(library, function).restype = ctypes.c_float
@@ -103,9 +117,7 @@ def rope_table(start: int, end: int, base: float, n_dims: int) -> tuple[torch.Te
     pair ``i``'s angle carries ``i`` float32 roundings; then it calls the C library's ``cosf`` and
     ``sinf``, which are not always the correctly rounded values. Both details change the last bit.
     """
-    libm = _libm()
-    if libm is None:
-        raise ModelError("activations='q8' needs the C math library (libm) for cosf/sinf; none was found")
+    libm = c_math_library()
     theta_scale = _f32(libm.powf(base, -2.0 / n_dims))
     theta = torch.arange(start, end, dtype=FLOAT32)
     angles = []
@@ -161,8 +173,7 @@ class IntegerMatrix:
                 f"weights; this file has a {qtype} matrix: load it with activations='float'"
             )
         n_rows, n_cols = shape
-        block_bytes = {"Q4_1": 20, "Q8_0": 34}[qtype]
-        blocks = raw.reshape(n_rows, n_cols // 32, block_bytes)
+        blocks = raw.reshape(n_rows, n_cols // 32, FORMATS[qtype].type_size)  # (rows, blocks, bytes)
         d = _fp16_field(blocks[..., 0:2])
         if qtype == "Q8_0":  # d, then 32 int8
             return cls(qtype, _blocks_first(blocks[..., 2:].contiguous().view(torch.int8)), d)
@@ -217,6 +228,7 @@ def linear(x: torch.Tensor, matrix: IntegerMatrix, scratch_bytes: int = 16 << 20
     # elsewhere). Every product and sum is a small integer, exact in float32 in any order.
     spread = torch.zeros(n_blocks, 8, 4, 8, T)
     lane = torch.arange(8)
+    # two index arrays on dims 1 and 3 select (blocks, 4, T) per lane, the lane dim first: (8, blocks, 4, T)
     spread[:, lane, :, lane, :] = q_a.view(T, n_blocks, 8, 4).permute(2, 1, 3, 0)
     spread = spread.view(n_blocks, 32, 8 * T)
     d_a16 = d_a16.view(T, n_blocks).T[:, :, None]  # (blocks, T, 1)
@@ -319,13 +331,16 @@ def softmax(scores: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Ten
     return e * (1.0 / total).to(FLOAT32)[..., None]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, scratch_bytes: int = 32 << 20
+) -> torch.Tensor:
     """One sequence's grouped-query attention as llama.cpp computes it without flash attention.
 
     Args:
         q: float32 ``(T, n_heads, head_dim)`` after RoPE.
         k, v: float16 ``(S, n_kv_heads, head_dim)``: the cache, the ``T`` new positions last.
         past: positions cached before these ``T``.
+        scratch_bytes: bounds the products held at once (query positions are taken in groups to fit).
     Returns:
         float32 ``(T, n_heads * head_dim)``, the input of ``attn_output``.
     """
@@ -336,12 +351,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> t
     q16 = q.to(torch.float16).to(FLOAT32).transpose(0, 1)  # (H, T, D): rounded to F16, F16's vec_dot type
     k32 = k.to(FLOAT32).repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
     v32 = v.to(FLOAT32).repeat_interleave(group, dim=1).permute(1, 2, 0)  # (H, D, S)
-    scores = dot(q16[:, :, None, :] * k32[:, None, :, :])  # (H, T, S): products of halves are exact
     padded = S + (-S % SOFTMAX_LANES)
     seen = torch.ones(T, S, dtype=torch.bool).tril(past)  # new token t sees positions <= past + t
     mask = torch.full((T, padded), float("-inf"))
-    mask[:, :S] = torch.where(seen, 0.0, float("-inf"))
-    weights = softmax(F.pad(scores, (0, padded - S)), mask, 1.0 / head_dim**0.5)[..., :S]
-    weights16 = weights.to(torch.float16).to(FLOAT32)  # rounded to F16 before the product with V
-    out = dot(weights16[:, :, None, :] * v32[:, None, :, :])  # (H, T, D)
+    mask[:, :S] = torch.where(seen, 0.0, float("-inf"))  # (T, padded)
+    out = torch.empty(n_heads, T, head_dim)
+    step = max(1, scratch_bytes // (4 * 2 * n_heads * padded * head_dim))  # query rows per group
+    for first in range(0, T, step):
+        rows = slice(first, first + step)
+        scores = dot(q16[:, rows, None, :] * k32[:, None, :, :])  # (H, t, S): products of halves, exact
+        weights = softmax(F.pad(scores, (0, padded - S)), mask[rows], 1.0 / head_dim**0.5)[..., :S]
+        weights16 = weights.to(torch.float16).to(FLOAT32)  # rounded to F16 before the product with V
+        out[:, rows] = dot(weights16[:, :, None, :] * v32[:, None, :, :])  # (H, t, D)
     return out.transpose(0, 1).reshape(T, n_heads * head_dim)

@@ -27,7 +27,7 @@ the two halves of the head as in the Hugging Face code. This runtime rotates
 adjacent pairs, as ggml does.
 
 Equal to llama.cpp? On an F32 copy of the default model the logits agree to ~0.01.
-On the Q4_1 file they differ by ~0.3, because llama.cpp's CPU kernels round the activations
+On the Q4_1 file they differ by a few tenths, because llama.cpp's CPU kernels round the activations
 to 8 bits (Q8_1 blocks) before every quantized matmul and labkit's float mode does not; the
 top-1 token is still the same at every position of the test prompt, and on other text can
 differ at near-ties (tests/test_model_llama_cpp.py). ``load(..., activations="q8")`` computes
@@ -55,11 +55,11 @@ from labkit.errors import ModelError
 from labkit.runtime.kvcache import KVCache
 from labkit.runtime.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer
 from labkit.runtime.transfers import NullLog, TransferLog
-from labkit.runtime.weights import Weights, slab_rows
+from labkit.runtime.weights import Weights
 
 if TYPE_CHECKING:
     from labkit.runtime.dtypes import DtypeChoice
-    from labkit.runtime.ggml_cpu import IntegerMatrix
+    from labkit.runtime.ggml_forward import IntegerWeights
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 WEIGHT_MODES = ("dequantized", "quantized")
@@ -214,37 +214,14 @@ def load(
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata)
         store_mode = "quantized" if activations == "q8" else weights  # q8 multiplies the file's integers
         store = Weights(gguf_file, names, mode=store_mode, dtype=dtype, device=torch.device(device))
-    model = Model(config, tokenizer, store, activations=activations, dtype_choice=choice)
-    if activations == "q8":
-        model.ggml_weights = _integer_weights(store, unpack_now=weights == "dequantized")
-    return model
-
-
-def _integer_weights(store: Weights, *, unpack_now: bool) -> dict[str, list[IntegerMatrix]] | None:
-    """Every matrix of ``store`` as ``IntegerMatrix`` parts (``unpack_now``), or ``None`` to unpack
-    each block's matrices when the forward pass reaches it. Raises ``ModelError`` for a matrix type
-    ``labkit.runtime.ggml_cpu`` does not reproduce."""
-    from labkit.runtime.ggml_cpu import EXACT_WEIGHT_TYPES, IntegerMatrix
-
-    dense_matrices = [name for name, tensor in store.dense.items() if tensor.dim() == 2]
-    if dense_matrices:
-        raise ModelError(
-            f"activations='q8' reproduces llama.cpp's quantized matmuls; {dense_matrices[0]!r} is stored "
-            "as floats in this file: load it with activations='float'"
-        )
-    for name, parts in store.packed.items():
-        for _, qtype, _ in parts:
-            if qtype not in EXACT_WEIGHT_TYPES:
-                raise ModelError(
-                    f"activations='q8' reproduces llama.cpp's arithmetic for {list(EXACT_WEIGHT_TYPES)} "
-                    f"weights; {name!r} is {qtype}: load this file with activations='float'"
-                )
-    if not unpack_now:
-        return None
-    return {
-        name: [IntegerMatrix.from_bytes(raw, qtype, shape) for raw, qtype, shape in parts]
-        for name, parts in store.packed.items()
-    }
+    return Model(
+        config,
+        tokenizer,
+        store,
+        activations=activations,
+        dtype_choice=choice,
+        unpack_integers=weights == "dequantized",
+    )
 
 
 def _device_type(device: str | torch.device) -> str:
@@ -333,15 +310,22 @@ class Model:
         activations: str = "float",
         dtype_choice: DtypeChoice | None = None,
         cache_tokens: int = 256,
+        unpack_integers: bool = True,
     ):
         self.config, self.tokenizer, self.weights = config, tokenizer, weights
         self.cache_tokens = cache_tokens  # positions a new KV cache holds at first (it doubles when full)
         self.device, self.dtype = weights.device, weights.dtype
-        self.activations = activations  # "float", or "q8": llama.cpp's CPU arithmetic (ggml_cpu)
-        self.ggml_weights: dict[str, list[IntegerMatrix]] | None = None  # q8: matrices unpacked at load
+        if activations not in ACTIVATION_MODES:
+            raise ModelError(f"activations={activations!r}; choose one of {list(ACTIVATION_MODES)}")
+        self.activations = activations  # "float", or "q8": llama.cpp's CPU arithmetic (ggml_forward)
+        self.integer_weights: IntegerWeights | None = None  # q8: the matrices as integers and scales
         self.dtype_choice = dtype_choice  # why load() picked self.dtype, when the caller did not
         self._rotations = torch.empty(0, config.rope_dim // 2, dtype=torch.complex64, device=self.device)
         self.head_name = "token_embd.weight" if config.tied_embeddings else "output.weight"
+        if activations == "q8":
+            from labkit.runtime.ggml_forward import IntegerWeights
+
+            self.integer_weights = IntegerWeights(weights, self.head_name, unpack_now=unpack_integers)
         self.block_names = [
             {short: f"blk.{layer}.{short}.weight" for short in BLOCK_WEIGHTS}
             for layer in range(config.n_layers)
@@ -359,8 +343,10 @@ class Model:
         resident = self.weights.total_bytes
         if self.activations == "q8":
             how = "llama.cpp's CPU arithmetic is float32"
-            mode += ", unpacked to integers " + ("at load" if self.ggml_weights is not None else "as used")
-            resident += sum(part.nbytes for parts in (self.ggml_weights or {}).values() for part in parts)
+            assert self.integer_weights is not None
+            unpacked = self.integer_weights.unpacked is not None
+            mode += ", unpacked to integers " + ("at load" if unpacked else "as used")
+            resident += self.integer_weights.nbytes
         activations = (
             "llama.cpp's CPU arithmetic: 8-bit blocks into each quantized matmul, ggml's order and "
             "roundings everywhere (activations='q8')"
@@ -444,8 +430,10 @@ class Model:
         ids = log.to_device(ids, "input ids in")
         x = self.weights.rows("token_embd.weight", ids).float()  # (B, T, C) the residual stream, float32
         log.add("embedding rows read", ids.numel() * self.weights.row_bytes("token_embd.weight"))
-        if self.activations == "q8":
-            return log.to_host(self._forward_as_llama_cpp(x, past, cache, log), "logits out")
+        if self.activations == "q8":  # the same blocks in llama.cpp's arithmetic
+            from labkit.runtime import ggml_forward
+
+            return log.to_host(ggml_forward.forward(self, x, past, cache, log), "logits out")
         T, S = ids.shape[1], past + ids.shape[1]  # new positions, all positions
         rotations = self.rotations(past, S)  # (T, rope_dim/2)
         mask = causal_mask(T, S, self.device)  # shared by all blocks, like the rotations
@@ -473,86 +461,6 @@ class Model:
         if self.head_name in self.weights.packed:
             log.add("weights dequantized", dequantized, source="cores", destination=log.memory)
         return log.to_host(logits, "logits out")
-
-    def _forward_as_llama_cpp(
-        self, x: torch.Tensor, past: int, cache: KVCache | None, log: TransferLog
-    ) -> torch.Tensor:
-        """``forward`` with ``activations="q8"``: the same blocks, each operation in llama.cpp's CPU
-        arithmetic (``labkit.runtime.ggml_cpu``), one sequence of the batch at a time.
-
-        Args:
-            x: float32 ``(B, T, C)`` embeddings of the new tokens.
-            past: positions already cached.
-            cache: the float16 KV cache (``None``: a temporary one).
-            log: receives the weight reads and the hops between blocks.
-        Returns:
-            float32 logits ``(B, T, vocab)``.
-        """
-        from labkit.runtime import ggml_cpu
-
-        c = self.config
-        B, T, _ = x.shape
-        cache = cache if cache is not None else self.new_cache(batch=B)
-        cos, sin = ggml_cpu.rope_table(past, past + T, c.rope_base, c.rope_dim)
-        n_qk = c.n_heads + c.n_kv_heads
-        for layer in range(c.n_layers):
-            names = self.block_names[layer]
-            log.add("weights read", self.block_bytes[layer], layer=layer)
-
-            def matmul(h: torch.Tensor, short: str, names: dict[str, str] = names) -> torch.Tensor:
-                """One stored matrix times each sequence's rows: ``(B, T, n_in) -> (B, T, n_out)``."""
-                return self._ggml_linear(h, names[short])
-
-            norm = self.weights.dense[names["attn_norm"]]
-            heads = matmul(ggml_cpu.rms_norm(x, norm, c.rms_eps), "attn_qkv").unflatten(
-                -1, (n_qk + c.n_kv_heads, c.head_dim)
-            )  # (B, T, H+2Hkv, D)
-            q = ggml_cpu.rope(heads[:, :, : c.n_heads].flatten(0, 1), cos.repeat(B, 1), sin.repeat(B, 1))
-            k = ggml_cpu.rope(heads[:, :, c.n_heads : n_qk].flatten(0, 1), cos.repeat(B, 1), sin.repeat(B, 1))
-            q, k = q.unflatten(0, (B, T)), k.unflatten(0, (B, T))
-            k_all, v_all = cache.update(layer, k.transpose(1, 2), heads[:, :, n_qk:].transpose(1, 2))
-            out = torch.stack(
-                [
-                    ggml_cpu.attention(q[b], k_all[b].transpose(0, 1), v_all[b].transpose(0, 1), past)
-                    for b in range(B)
-                ]
-            )  # (B, T, C)
-            x = x + matmul(out, "attn_output")
-            gate, up = matmul(
-                ggml_cpu.rms_norm(x, self.weights.dense[names["ffn_norm"]], c.rms_eps), "ffn_gate_up"
-            ).split(c.ffn_dim, dim=-1)
-            x = x + matmul(ggml_cpu.silu(gate) * up, "ffn_down")
-            log.add("activations to next layer", x, layer=layer, source="cores", destination=log.memory)
-        cache.advance(T)
-        x = ggml_cpu.rms_norm(x, self.weights.dense["output_norm.weight"], c.rms_eps)
-        log.add(
-            "weights read",
-            self.weights.stored_bytes("output_norm.weight") + self.weights.stored_bytes(self.head_name),
-        )
-        return self._ggml_linear(x, self.head_name)
-
-    def _ggml_linear(self, h: torch.Tensor, name: str) -> torch.Tensor:
-        """``h @ W.T`` for the stored matrix ``name``, in llama.cpp's arithmetic: ``(B, T, n_in) -> (B, T, n_out)``."""
-        from labkit.runtime import ggml_cpu
-
-        pieces = [torch.stack([ggml_cpu.linear(row, rows) for row in h]) for rows in self._integer_rows(name)]
-        return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
-
-    def _integer_rows(self, name: str) -> Iterator[IntegerMatrix]:
-        """A stored matrix as integers and scales, top to bottom: its parts as unpacked at load, or
-        unpacked now from the packed bytes a slab of rows at a time (the tied head of the default
-        model would take 28 MB at once)."""
-        from labkit.runtime.ggml_cpu import IntegerMatrix
-
-        if self.ggml_weights is not None:
-            yield from self.ggml_weights[name]
-            return
-        for raw, qtype, (n_rows, n_cols) in self.weights.packed[name]:
-            rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
-            step = slab_rows(n_cols)
-            for start in range(0, n_rows, step):
-                slab = rows[start : start + step]
-                yield IntegerMatrix.from_bytes(slab, qtype, (slab.shape[0], n_cols))
 
     def _block_weights(self, layer: int, log: TransferLog) -> dict[str, torch.Tensor]:
         """One block's tensors as floats (dequantized here in ``"quantized"`` mode), with their reads logged."""
