@@ -13,7 +13,7 @@ block is reached (``weights="quantized"``: the file's size, a slab of rows at a 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,7 +24,6 @@ from labkit.runtime.weights import Weights, slab_rows
 
 if TYPE_CHECKING:
     from labkit.runtime.kvcache import KVCache
-    from labkit.runtime.model import Model
     from labkit.runtime.transfers import TransferLog
 
 
@@ -93,13 +92,12 @@ class IntegerWeights:
         return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
 
 
-def forward(
-    model: Model, x: torch.Tensor, past: int, cache: KVCache | None, log: TransferLog
-) -> torch.Tensor:
+def forward(model: Any, x: torch.Tensor, past: int, cache: KVCache | None, log: TransferLog) -> torch.Tensor:
     """``Model.forward`` with ``activations="q8"``, after the embedding rows are read.
 
     Args:
-        model: a model loaded with ``activations="q8"``.
+        model: a ``labkit.runtime.model.Model`` loaded with ``activations="q8"`` (typed ``Any``: the
+            model module imports this one, and imports here never go back up).
         x: float32 ``(B, T, C)`` embeddings of the new tokens.
         past: positions already cached.
         cache: the float16 KV cache to read and extend (``None``: a temporary one).
