@@ -129,7 +129,7 @@ def test_q8_option_refuses_what_it_cannot_reproduce(tmp_path: Path, monkeypatch:
 def test_q8_weight_modes_give_the_same_bits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = synthetic_llama(tmp_path / "q4.gguf", qtype="Q4_1", n_layers=2, dim=64, vocab_size=300)
     unpacked = load(path, activations="q8")
-    monkeypatch.setattr("labkit.runtime.ggml_forward.slab_rows", lambda n_cols: 50)  # the head in 6 slabs
+    monkeypatch.setattr("labkit.runtime.weights.slab_rows", lambda n_cols: 50)  # the head in 6 slabs
     packed = load(path, activations="q8", weights="quantized")
     assert unpacked.dtype == torch.float32 and unpacked.new_cache().dtype == torch.float16
     assert "activations='q8'" in unpacked.summary()

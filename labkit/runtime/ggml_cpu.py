@@ -147,6 +147,15 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 # --- quantized matmuls ---------------------------------------------------------------------------
 
 
+def check_weight_type(qtype: str, name: str = "a matrix") -> None:
+    """Raise ``ModelError`` unless ``qtype`` is one of ``EXACT_WEIGHT_TYPES`` (``name``: for the message)."""
+    if qtype not in EXACT_WEIGHT_TYPES:
+        raise ModelError(
+            f"activations='q8' reproduces llama.cpp's arithmetic for {list(EXACT_WEIGHT_TYPES)} weights; "
+            f"{name} is {qtype}: load this file with activations='float'"
+        )
+
+
 @dataclass(frozen=True)
 class IntegerMatrix:
     """A quantized matrix as its dot products see it: integer weights and per-block scales.
@@ -167,11 +176,7 @@ class IntegerMatrix:
     @classmethod
     def from_bytes(cls, raw: torch.Tensor, qtype: str, shape: tuple[int, ...]) -> IntegerMatrix:
         """Unpack a matrix's bytes (rows of whole blocks) without dequantizing them."""
-        if qtype not in EXACT_WEIGHT_TYPES:
-            raise ModelError(
-                f"activations='q8' reproduces llama.cpp's arithmetic for {list(EXACT_WEIGHT_TYPES)} "
-                f"weights; this file has a {qtype} matrix: load it with activations='float'"
-            )
+        check_weight_type(qtype)
         n_rows, n_cols = shape
         blocks = raw.reshape(n_rows, n_cols // 32, FORMATS[qtype].type_size)  # (rows, blocks, bytes)
         d = _fp16_field(blocks[..., 0:2])

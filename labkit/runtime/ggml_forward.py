@@ -19,8 +19,8 @@ import torch
 
 from labkit.errors import ModelError
 from labkit.runtime import ggml_cpu
-from labkit.runtime.ggml_cpu import EXACT_WEIGHT_TYPES, IntegerMatrix
-from labkit.runtime.weights import Weights, slab_rows
+from labkit.runtime.ggml_cpu import IntegerMatrix
+from labkit.runtime.weights import Weights
 
 if TYPE_CHECKING:
     from labkit.runtime.kvcache import KVCache
@@ -51,11 +51,7 @@ class IntegerWeights:
             )
         for name, parts in store.packed.items():
             for _, qtype, _ in parts:
-                if qtype not in EXACT_WEIGHT_TYPES:
-                    raise ModelError(
-                        f"activations='q8' reproduces llama.cpp's arithmetic for {list(EXACT_WEIGHT_TYPES)} "
-                        f"weights; {name!r} is {qtype}: load this file with activations='float'"
-                    )
+                ggml_cpu.check_weight_type(qtype, repr(name))
         self.store = store
         self.unpacked: dict[str, list[IntegerMatrix]] | None = None
         if unpack_now:
@@ -76,12 +72,8 @@ class IntegerWeights:
         if self.unpacked is not None:
             yield from self.unpacked[name]
             return
-        for raw, qtype, (n_rows, n_cols) in self.store.packed[name]:
-            rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
-            step = slab_rows(n_cols)
-            for start in range(0, n_rows, step):
-                slab = rows[start : start + step]  # (<= step, bytes per row)
-                yield IntegerMatrix.from_bytes(slab, qtype, (slab.shape[0], n_cols))
+        for _, (slab, qtype, shape) in self.store.packed_slabs(name):
+            yield IntegerMatrix.from_bytes(slab, qtype, shape)
 
     def linear(self, h: torch.Tensor, name: str) -> torch.Tensor:
         """``h @ W.T`` for the stored matrix ``name``: ``(B, T, n_in) -> (B, T, n_out)``, one sequence

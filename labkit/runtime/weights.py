@@ -168,16 +168,19 @@ class Weights:
         if name in self.dense:
             yield 0, self.dense[name]
             return
+        for first, (slab, qtype, shape) in self.packed_slabs(name):
+            yield first, dequantize_rows(slab, qtype, shape, self.dtype, name=name)
+
+    def packed_slabs(self, name: str) -> Iterator[tuple[int, Packed]]:
+        """``(first row, (bytes, qtype, shape))`` of a packed matrix, top to bottom, in slabs of as many
+        rows as ``SLAB_FLOAT32_BYTES`` of float32 hold (views of the stored bytes, nothing copied)."""
         first = 0
         for raw, qtype, (n_rows, n_cols) in self.packed[name]:
             rows = raw.reshape(n_rows, -1)  # (n_rows, bytes per row)
             step = slab_rows(n_cols)
             for start in range(0, n_rows, step):
-                slab = rows[start : start + step]
-                yield (
-                    first + start,
-                    dequantize_rows(slab, qtype, (slab.shape[0], n_cols), self.dtype, name=name),
-                )
+                slab = rows[start : start + step]  # (<= step, bytes per row)
+                yield first + start, (slab, qtype, (slab.shape[0], n_cols))
             first += n_rows
 
     def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
